@@ -1,0 +1,782 @@
+"""Audio codecs: EnCodec behind one small interface, with two backends.
+
+A codec turns audio ``[B, C, S]`` into K parallel streams of discrete codes
+``[B, K, T]`` at ``frame_rate`` frames per second, and back. The language model
+only ever sees codes; the codec itself is frozen.
+
+Interface (``Codec``, a ``typing.Protocol``; both backends are plain
+``nn.Module`` classes that satisfy it, no shared base class):
+
+- ``encode(audio [B, C, S]) -> codes [B, K, T]`` with ``T = ceil(S / hop_length)``:
+  EnCodec's convolutions pad the end of the signal so that a partial last hop
+  still gets a frame (S = 1 gives one frame, S = hop + 1 gives two).
+- ``decode(codes [B, K, T]) -> audio [B, C, T * hop_length]``: always whole
+  hops, so decoding a clip of S samples gives back ``ceil(S / hop) * hop`` samples;
+  cut to S if the original length matters.
+- ``latents(audio [B, C, S]) -> [B, D, T]``: the continuous encoder output that
+  the residual quantizer sees (calibration fits on it; a Fréchet Audio Distance
+  can embed with it).
+- ``save(directory)``: ``codec.json`` (what is needed to rebuild) plus
+  ``model.safetensors``; ``load_codec`` reads it back.
+
+Backends (``BACKENDS`` picks one by name):
+
+- ``TransformersCodec`` wraps transformers' ``EncodecModel``. Preset ``musicgen``
+  is the architecture of ``facebook/encodec_32khz`` (32 kHz mono, 50 Hz, 4 x 2048),
+  the codec MusicGen uses; preset ``tiny`` is a small fast 16 kHz codec for
+  offline work and tests.
+- ``EncodecPackageCodec`` wraps the ``encodec`` package's 24 kHz (mono, 75 Hz)
+  and 48 kHz (stereo, 150 Hz) models at a chosen bandwidth (cardinality 1024).
+
+Random weights and calibration: EnCodec fills its codebooks by k-means on the
+first training batch, so a freshly built codec has all-zero codebooks and encodes
+every sound to code 0. ``calibrate_codec`` fits the residual codebooks by k-means
+on sample audio (codebook 0 on the latents, codebook 1 on what codebook 0 leaves,
+and so on) and writes them into the quantizer's own buffers, so the backend's
+encode/decode use them. ``tiny_calibrated_codec`` builds the offline codec used by
+tests, the demo and benchmarks. Its decoder is still random: audio decoded from it
+is noise-like, but its codes tell different sounds apart.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import pickle
+import re
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import encodec
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from transformers import EncodecConfig, EncodecModel
+
+from music_gen.config import CodecConfig
+from music_gen.errors import AudioError, CheckpointError, ConfigError, MusicGenError, UsageError
+
+logger = logging.getLogger(__name__)
+
+CODEC_JSON = "codec.json"
+WEIGHTS = "model.safetensors"
+FORMAT_VERSION = 1
+
+
+@runtime_checkable
+class Codec(Protocol):
+    """What the rest of the platform may use of a codec."""
+
+    backend: str
+    """``"transformers"`` or ``"encodec"``."""
+    sample_rate: int
+    channels: int
+    frame_rate: float
+    """Frames per second: ``sample_rate / hop_length``."""
+    num_codebooks: int
+    """K, the parallel code streams."""
+    cardinality: int
+    """Codes per codebook."""
+    hop_length: int
+    """Audio samples per frame."""
+
+    def encode(self, audio: Tensor) -> Tensor: ...
+
+    def decode(self, codes: Tensor) -> Tensor: ...
+
+    def latents(self, audio: Tensor) -> Tensor: ...
+
+    def set_codebooks(self, embed: Tensor, counts: Tensor) -> None: ...
+
+    def save(self, directory: str | Path) -> Path: ...
+
+
+# ---------------------------------------------------------------------------
+# Shared checks (plain functions, not a base class)
+# ---------------------------------------------------------------------------
+
+
+def _check_audio(codec: Codec, audio: Tensor, model: nn.Module) -> Tensor:
+    if audio.dim() != 3 or audio.shape[-1] == 0:
+        raise AudioError(
+            f"codec expects audio shaped [batch, channels, samples], got {tuple(audio.shape)}"
+        )
+    if audio.shape[1] != codec.channels:
+        raise AudioError(
+            f"codec expects {codec.channels} channel(s) at {codec.sample_rate} Hz, got {audio.shape[1]}"
+        )
+    weight = next(model.parameters())
+    return audio.to(device=weight.device, dtype=weight.dtype)
+
+
+def _check_codes(codec: Codec, codes: Tensor, model: nn.Module) -> Tensor:
+    if codes.dim() != 3 or codes.shape[1] != codec.num_codebooks or codes.shape[-1] == 0:
+        raise UsageError(
+            f"codec expects codes shaped [batch, {codec.num_codebooks}, frames], got {tuple(codes.shape)}"
+        )
+    if codes.is_floating_point() or codes.is_complex():
+        raise UsageError(f"codes must be integers, got {codes.dtype}")
+    if codes.min() < 0 or codes.max() >= codec.cardinality:
+        raise UsageError(
+            f"codes must lie in [0, {codec.cardinality}), got [{int(codes.min())}, {int(codes.max())}]"
+        )
+    return codes.to(device=next(model.parameters()).device, dtype=torch.long)
+
+
+def _write_codebooks(books: list[nn.Module], embed: Tensor, counts: Tensor) -> None:
+    """Write centroids into EnCodec codebook modules, as EnCodec's own k-means init does.
+
+    Both implementations keep the same buffers: ``embed`` (the centroids), ``embed_avg``
+    (the EMA numerator, initialised to a copy of ``embed``), ``cluster_size`` and
+    ``inited`` (set so that a training-mode forward never re-runs k-means over them).
+    """
+    if embed.shape[0] > len(books) or embed.shape[1:] != books[0].embed.shape:
+        raise ValueError(
+            f"centroids {tuple(embed.shape)} do not fit {len(books)} codebooks of {tuple(books[0].embed.shape)}"
+        )
+    with torch.no_grad():
+        for book, centroids, sizes in zip(books, embed, counts, strict=False):
+            book.embed.copy_(centroids)  # [N, D]
+            book.embed_avg.copy_(centroids)  # [N, D]
+            book.cluster_size.copy_(sizes)  # [N]
+            book.inited.fill_(1.0)
+
+
+def _save(directory: str | Path, spec: dict, model: nn.Module) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {
+        name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()
+    }
+    save_file(state, str(directory / WEIGHTS))
+    (directory / CODEC_JSON).write_text(
+        json.dumps({"format_version": FORMAT_VERSION, **spec}, indent=2)
+    )
+    return directory
+
+
+# ---------------------------------------------------------------------------
+# Backend 1: transformers' EncodecModel
+# ---------------------------------------------------------------------------
+
+
+def _bandwidth_for(num_codebooks: int, frame_rate: int, cardinality: int) -> float:
+    """kbps that makes transformers' EnCodec use exactly ``num_codebooks`` codebooks.
+
+    It derives the count as floor(1000 * bandwidth / (frame_rate * log2(cardinality)));
+    one extra bit per second guards that floor against float round-off.
+    """
+    bits = num_codebooks * frame_rate * math.log2(cardinality)
+    return (bits + 1) / 1000
+
+
+def tiny_encodec_config(num_codebooks: int = 4, cardinality: int = 256) -> EncodecConfig:
+    """Small, fast offline codec: 16 kHz mono, hop 320 (50 Hz), 32-dim latents.
+
+    About 0.66 M parameters: 10 s of audio encodes and decodes in about 0.1 s on one core.
+    """
+    if cardinality & (cardinality - 1):
+        raise ConfigError(f"codec.cardinality must be a power of 2 for EnCodec, got {cardinality}")
+    return EncodecConfig(
+        sampling_rate=16_000,
+        audio_channels=1,
+        upsampling_ratios=[8, 5, 4, 2],
+        num_filters=8,
+        hidden_size=32,
+        num_lstm_layers=1,
+        codebook_size=cardinality,
+        target_bandwidths=[_bandwidth_for(num_codebooks, 50, cardinality)],
+        use_causal_conv=False,
+        use_conv_shortcut=False,
+        normalize=False,
+    )
+
+
+def musicgen_encodec_config() -> EncodecConfig:
+    """The architecture of ``facebook/encodec_32khz`` (32 kHz mono, hop 640, 4 x 2048).
+
+    Values as in transformers' conversion script for that checkpoint; the remaining
+    fields (hidden size 128, 2 LSTM layers, weight norm, reflect padding) are defaults.
+    """
+    return EncodecConfig(
+        sampling_rate=32_000,
+        audio_channels=1,
+        upsampling_ratios=[8, 5, 4, 4],
+        num_filters=64,
+        codebook_size=2048,
+        target_bandwidths=[2.2],
+        use_causal_conv=False,
+        use_conv_shortcut=False,
+        normalize=False,
+    )
+
+
+# Preset name -> its EncodecConfig (MusicGen's codec is always 4 x 2048, so ``musicgen``
+# ignores ``num_codebooks`` and ``cardinality``).
+PRESETS: dict[str, Callable[[CodecConfig], EncodecConfig]] = {
+    "tiny": lambda cfg: tiny_encodec_config(cfg.num_codebooks, cfg.cardinality),
+    "musicgen": lambda cfg: musicgen_encodec_config(),
+}
+
+
+class TransformersCodec(nn.Module):
+    """transformers' ``EncodecModel`` at one bandwidth (by default its largest).
+
+    Only unchunked, unnormalised configs are accepted (the 24 and 32 kHz codecs):
+    chunked ones (``encodec_48khz``) carry per-chunk scales that codes alone cannot
+    hold; use the ``encodec`` backend for 48 kHz.
+    """
+
+    backend = "transformers"
+
+    def __init__(self, model: EncodecModel, bandwidth: float | None = None):
+        super().__init__()
+        config = model.config
+        if config.chunk_length_s is not None or config.normalize:
+            raise CheckpointError(
+                "chunked or normalising transformers Encodec models (e.g. encodec_48khz) are not "
+                "supported; use codec.backend=encodec with sample_rate 48000"
+            )
+        bandwidth = max(config.target_bandwidths) if bandwidth is None else bandwidth
+        if bandwidth not in config.target_bandwidths:
+            raise ConfigError(
+                f"codec bandwidth {bandwidth} not in {list(config.target_bandwidths)}"
+            )
+        self.model = model.eval().requires_grad_(False)
+        self.bandwidth = float(bandwidth)
+        self.sample_rate = int(config.sampling_rate)
+        self.channels = int(config.audio_channels)
+        self.hop_length = int(config.hop_length)
+        self.frame_rate = self.sample_rate / self.hop_length
+        self.num_codebooks = model.quantizer.get_num_quantizers_for_bandwidth(bandwidth)
+        self.cardinality = int(config.codebook_size)
+
+    def train(self, mode: bool = True) -> TransformersCodec:
+        # The codec is frozen: a parent module's .train() must not flip it.
+        return super().train(False)
+
+    def encode(self, audio: Tensor) -> Tensor:
+        audio = _check_audio(self, audio, self.model)  # [B, C, S]
+        with torch.inference_mode():
+            out = self.model.encode(audio, bandwidth=self.bandwidth, return_dict=True)
+        # One chunk (chunk_length_s is None): audio_codes is [1, B, K, T].
+        # Cloned outside inference mode so the codes can feed training directly.
+        return out.audio_codes[0].clone()  # [B, K, T]
+
+    def decode(self, codes: Tensor) -> Tensor:
+        codes = _check_codes(self, codes, self.model)  # [B, K, T]
+        with torch.inference_mode():
+            out = self.model.decode(codes[None], [None], return_dict=True)
+        return out.audio_values.clone()  # [B, C, T * hop]
+
+    def latents(self, audio: Tensor) -> Tensor:
+        audio = _check_audio(self, audio, self.model)  # [B, C, S]
+        with torch.inference_mode():
+            latents = self.model.encoder(audio)  # [B, D, T]
+        return latents.clone()
+
+    def set_codebooks(self, embed: Tensor, counts: Tensor) -> None:
+        """Write k-means centroids ``[K, N, D]`` (and cluster sizes ``[K, N]``) into the quantizer."""
+        books = [layer.codebook for layer in self.model.quantizer.layers]
+        _write_codebooks(books, embed, counts)
+
+    def spec(self) -> dict:
+        config = json.loads(self.model.config.to_json_string(use_diff=False))
+        return {"backend": self.backend, "bandwidth": self.bandwidth, "encodec_config": config}
+
+    def save(self, directory: str | Path) -> Path:
+        return _save(directory, self.spec(), self.model)
+
+
+def _random_transformers(cfg: CodecConfig, seed: int) -> TransformersCodec:
+    config = PRESETS[cfg.preset](cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = EncodecModel(config)
+    return TransformersCodec(model)
+
+
+def _transformers_from_spec(spec: dict) -> TransformersCodec:
+    config = EncodecConfig.from_dict(spec["encodec_config"])
+    return TransformersCodec(EncodecModel(config), bandwidth=spec.get("bandwidth"))
+
+
+# ---------------------------------------------------------------------------
+# Backend 2: the encodec package
+# ---------------------------------------------------------------------------
+
+# Variant -> (constructor, checkpoint file name that its `repository` argument looks for).
+ENCODEC_VARIANTS: dict[int, tuple[str, Callable[..., encodec.EncodecModel], str]] = {
+    24_000: ("24khz", encodec.EncodecModel.encodec_model_24khz, "encodec_24khz-d7cc33bc.th"),
+    48_000: ("48khz", encodec.EncodecModel.encodec_model_48khz, "encodec_48khz-7e698e3e.th"),
+}
+
+DECODE_RMS = 0.1
+"""Level (RMS, about -20 dBFS) given to each decoded segment of a normalising model
+(48 kHz): it encodes every 1 s segment at unit RMS and its scale is not in the codes."""
+
+
+class EncodecPackageCodec(nn.Module):
+    """The ``encodec`` package's 24 kHz (mono) or 48 kHz (stereo) model at one bandwidth.
+
+    The 48 kHz model works on 1 s segments, each normalised to unit RMS. Here the
+    segments do not overlap (the package overlaps them by 1 % and cross-fades), so
+    the codes of consecutive segments simply concatenate: 1 s is exactly 150 frames
+    and ``T = ceil(S / hop)`` still holds. What is lost: the per-segment scale is not
+    part of ``[B, K, T]`` codes, so ``decode`` gives every segment the fixed level
+    ``DECODE_RMS`` (the loudness contour at 1 s resolution is gone), and without the
+    cross-fade a segment boundary can click.
+    """
+
+    backend = "encodec"
+
+    def __init__(self, model: encodec.EncodecModel, bandwidth: float):
+        super().__init__()
+        if model.sample_rate not in ENCODEC_VARIANTS:
+            raise ConfigError(f"encodec models run at 24000 or 48000 Hz, got {model.sample_rate}")
+        if bandwidth not in model.target_bandwidths:
+            raise ConfigError(
+                f"codec.bandwidth {bandwidth} is not one of {model.target_bandwidths} kbps "
+                f"for the {model.sample_rate} Hz encodec model"
+            )
+        model.set_target_bandwidth(bandwidth)
+        # Non-overlapping segments: codes of consecutive segments concatenate (see class doc).
+        model.overlap = 0.0
+        self.model = model.eval().requires_grad_(False)
+        self.variant = ENCODEC_VARIANTS[model.sample_rate][0]
+        self.bandwidth = float(bandwidth)
+        self.sample_rate = int(model.sample_rate)
+        self.channels = int(model.channels)
+        self.hop_length = int(math.prod(model.encoder.ratios))
+        self.frame_rate = self.sample_rate / self.hop_length
+        self.num_codebooks = model.quantizer.get_num_quantizers_for_bandwidth(
+            model.frame_rate, bandwidth
+        )
+        self.cardinality = int(model.quantizer.bins)
+
+    def train(self, mode: bool = True) -> EncodecPackageCodec:
+        # The codec is frozen: a parent module's .train() must not flip it.
+        return super().train(False)
+
+    def _segment_frames(self, num_frames: int) -> int:
+        segment = self.model.segment_length
+        return num_frames if segment is None else segment // self.hop_length
+
+    def encode(self, audio: Tensor) -> Tensor:
+        audio = _check_audio(self, audio, self.model)  # [B, C, S]
+        with torch.inference_mode():
+            frames = self.model.encode(audio)  # list of ([B, K, T_seg], scale)
+            codes = torch.cat([segment_codes for segment_codes, _ in frames], dim=-1)  # [B, K, T]
+        return codes.clone()
+
+    def decode(self, codes: Tensor) -> Tensor:
+        codes = _check_codes(self, codes, self.model)  # [B, K, T]
+        scale = None
+        if self.model.normalize:
+            scale = torch.full((codes.shape[0], 1), DECODE_RMS, device=codes.device)  # [B, 1]
+        with torch.inference_mode():
+            segments = codes.split(self._segment_frames(codes.shape[-1]), dim=-1)
+            audio = self.model.decode([(segment, scale) for segment in segments])  # [B, C, T * hop]
+        return audio.clone()
+
+    def latents(self, audio: Tensor) -> Tensor:
+        audio = _check_audio(self, audio, self.model)  # [B, C, S]
+        segment = self.model.segment_length or audio.shape[-1]
+        with torch.inference_mode():
+            parts = [self._segment_latents(part) for part in audio.split(segment, dim=-1)]
+            latents = torch.cat(parts, dim=-1)  # [B, D, T]
+        return latents.clone()
+
+    def _segment_latents(self, audio: Tensor) -> Tensor:
+        # The same normalisation as EncodecModel._encode_frame, so latents are what it quantizes.
+        if self.model.normalize:
+            mono = audio.mean(dim=1, keepdim=True)  # [B, 1, S]
+            rms = mono.pow(2).mean(dim=2, keepdim=True).sqrt()  # [B, 1, 1]
+            audio = audio / (1e-8 + rms)
+        return self.model.encoder(audio)  # [B, D, T_seg]
+
+    def set_codebooks(self, embed: Tensor, counts: Tensor) -> None:
+        """Write k-means centroids ``[K, N, D]`` (and cluster sizes ``[K, N]``) into the quantizer."""
+        books = [layer._codebook for layer in self.model.quantizer.vq.layers]
+        _write_codebooks(books, embed, counts)
+
+    def spec(self) -> dict:
+        return {"backend": self.backend, "variant": self.variant, "bandwidth": self.bandwidth}
+
+    def save(self, directory: str | Path) -> Path:
+        return _save(directory, self.spec(), self.model)
+
+
+def _encodec_variant(sample_rate: int) -> tuple[str, Callable[..., encodec.EncodecModel], str]:
+    if sample_rate not in ENCODEC_VARIANTS:
+        raise ConfigError(
+            f"codec.sample_rate must be 24000 or 48000 for encodec, got {sample_rate}"
+        )
+    return ENCODEC_VARIANTS[sample_rate]
+
+
+def _encodec_model(
+    constructor: Callable[..., encodec.EncodecModel], **kwargs
+) -> encodec.EncodecModel:
+    with warnings.catch_warnings():
+        # The package uses torch's deprecated weight_norm; nothing to act on here.
+        warnings.simplefilter("ignore", FutureWarning)
+        return constructor(**{"pretrained": False, **kwargs})
+
+
+def _random_encodec(cfg: CodecConfig, seed: int) -> EncodecPackageCodec:
+    _, constructor, _ = _encodec_variant(cfg.sample_rate)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = _encodec_model(constructor)
+    return EncodecPackageCodec(model, cfg.bandwidth)
+
+
+def _encodec_from_spec(spec: dict) -> EncodecPackageCodec:
+    sample_rates = {name: rate for rate, (name, _, _) in ENCODEC_VARIANTS.items()}
+    _, constructor, _ = ENCODEC_VARIANTS[sample_rates[spec["variant"]]]
+    return EncodecPackageCodec(_encodec_model(constructor), float(spec["bandwidth"]))
+
+
+# ---------------------------------------------------------------------------
+# Building and loading
+# ---------------------------------------------------------------------------
+
+# Backend name -> random-weight builder from a config.
+BACKENDS: dict[str, Callable[[CodecConfig, int], Codec]] = {
+    "transformers": _random_transformers,
+    "encodec": _random_encodec,
+}
+
+# Backend name in codec.json -> builder of the (random) module its weights load into.
+FROM_SPEC: dict[str, Callable[[dict], Codec]] = {
+    "transformers": _transformers_from_spec,
+    "encodec": _encodec_from_spec,
+}
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def build_codec(cfg: CodecConfig, seed: int = 0) -> Codec:
+    """The codec a config asks for: ``cfg.source`` loaded, or random weights from the preset.
+
+    Random weights come from a fixed ``seed`` so that every process building the same
+    config (e.g. parallel tokenizer actors) gets the same codec. Their codebooks are
+    all zero until ``calibrate_codec`` fills them.
+    """
+    if cfg.source is not None:
+        if cfg.backend == "encodec":
+            return load_codec(cfg.source, sample_rate=cfg.sample_rate, bandwidth=cfg.bandwidth)
+        return load_codec(cfg.source)
+    return BACKENDS[cfg.backend](cfg, seed)
+
+
+def load_codec(
+    src: str | Path, *, sample_rate: int | None = None, bandwidth: float | None = None
+) -> Codec:
+    """Load a codec from our directory (``codec.json``), a transformers Encodec directory
+    (``save_pretrained`` layout), an encodec-package checkpoint directory (holding
+    ``encodec_24khz-d7cc33bc.th`` / ``encodec_48khz-7e698e3e.th``) or a hub id.
+
+    ``sample_rate`` picks the variant in an encodec-package directory holding both, and
+    ``bandwidth`` the bandwidth for it (default 6 kbps) or for a transformers directory
+    (default its largest); our own directories record both.
+    """
+    path = Path(src).expanduser()
+    if path.is_dir():
+        if (path / CODEC_JSON).is_file():
+            return _load_our_dir(path)
+        if (path / "config.json").is_file():
+            return _load_transformers_dir(path, bandwidth)
+        if any((path / name).is_file() for _, _, name in ENCODEC_VARIANTS.values()):
+            return _load_encodec_dir(path, sample_rate, bandwidth)
+        raise CheckpointError(
+            f"{path}: not a codec directory (no {CODEC_JSON}, transformers config.json or encodec checkpoint)"
+        )
+    if path.exists():
+        raise CheckpointError(f"{path}: a codec source must be a directory or a hub id, not a file")
+    if _HUB_ID.match(str(src)):
+        return _load_transformers_hub(str(src), bandwidth)
+    raise CheckpointError(f"codec directory not found: {path}")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise CheckpointError(f"{path}: not readable JSON") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return data
+
+
+def _read_weights(path: Path) -> dict[str, Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weights file missing")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError):
+        raise CheckpointError(f"{path}: corrupt or truncated safetensors weights") from None
+
+
+def _load_our_dir(path: Path) -> Codec:
+    spec = _read_json(path / CODEC_JSON)
+    backend = spec.get("backend")
+    if backend not in FROM_SPEC:
+        raise CheckpointError(
+            f"{path / CODEC_JSON}: unknown codec backend {backend!r} (expected one of {sorted(FROM_SPEC)})"
+        )
+    weights = _read_weights(path / WEIGHTS)
+    try:
+        codec = FROM_SPEC[backend](spec)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path / CODEC_JSON}: inconsistent codec description ({exc})"
+        ) from None
+    try:
+        codec.model.load_state_dict(weights)
+    except RuntimeError:
+        raise CheckpointError(
+            f"{path / WEIGHTS}: weights do not match {path / CODEC_JSON}"
+        ) from None
+    return codec
+
+
+# Errors transformers' from_pretrained raises for a checkpoint it cannot use.
+_LOAD_ERRORS = (OSError, ValueError, RuntimeError, KeyError, SafetensorError)
+
+
+def _load_transformers_dir(path: Path, bandwidth: float | None) -> TransformersCodec:
+    model_type = _read_json(path / "config.json").get("model_type")
+    if model_type != "encodec":
+        raise CheckpointError(
+            f"{path}: config.json describes a {model_type!r} model, not an Encodec codec"
+        )
+    try:
+        model = EncodecModel.from_pretrained(str(path))
+    except _LOAD_ERRORS:
+        raise CheckpointError(f"{path}: could not load the transformers Encodec weights") from None
+    return TransformersCodec(model, bandwidth)
+
+
+def _load_transformers_hub(hub_id: str, bandwidth: float | None) -> TransformersCodec:
+    try:
+        model = EncodecModel.from_pretrained(hub_id)
+    except _LOAD_ERRORS:
+        raise CheckpointError(
+            f"codec '{hub_id}' is not a local directory and could not be loaded from the "
+            "Hugging Face hub (offline, or no such Encodec model)"
+        ) from None
+    return TransformersCodec(model, bandwidth)
+
+
+def _load_encodec_dir(
+    path: Path, sample_rate: int | None, bandwidth: float | None
+) -> EncodecPackageCodec:
+    present = [rate for rate, (_, _, name) in ENCODEC_VARIANTS.items() if (path / name).is_file()]
+    if sample_rate is not None and sample_rate not in present:
+        raise CheckpointError(f"{path}: no encodec checkpoint for {sample_rate} Hz")
+    rate = present[0] if sample_rate is None else sample_rate
+    _, constructor, name = ENCODEC_VARIANTS[rate]
+    try:
+        # The package checks the file's sha256 against its name, then torch.load()s it;
+        # torch >= 2.6 defaults to weights_only=True, so no pickled code is run.
+        model = _encodec_model(constructor, pretrained=True, repository=path)
+    except (OSError, EOFError, RuntimeError, ValueError, KeyError, pickle.UnpicklingError):
+        raise CheckpointError(
+            f"{path / name}: corrupt encodec checkpoint (checksum or weights mismatch)"
+        ) from None
+    return EncodecPackageCodec(model, 6.0 if bandwidth is None else bandwidth)
+
+
+# ---------------------------------------------------------------------------
+# Calibration: residual k-means on encoder latents
+# ---------------------------------------------------------------------------
+
+
+def _nearest(x: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor]:
+    """Index of and squared distance to the nearest centroid, for each row of ``x [N, D]``."""
+    chunk = max(1, 2**24 // centroids.shape[0])  # bounds the [chunk, k] distance matrix
+    centroid_sq = centroids.pow(2).sum(1)  # [k]
+    indices, distances = [], []
+    for part in x.split(chunk):
+        dist = part.pow(2).sum(1, keepdim=True) - 2 * part @ centroids.T + centroid_sq  # [n, k]
+        best = dist.min(dim=1)
+        indices.append(best.indices)
+        distances.append(best.values.clamp_min(0))
+    return torch.cat(indices), torch.cat(distances)  # [N], [N]
+
+
+def kmeans(x: Tensor, k: int, iters: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Lloyd's k-means of ``x [N, D]`` into ``k`` centroids; returns (centroids [k, D], counts [k]).
+
+    Starts from k random rows. A centroid left empty (duplicate rows, or fewer rows
+    than centroids) is moved to the row farthest from its centroid, so every distinct
+    vector gets one as long as there are centroids to spare; rows that already sit on
+    a centroid never seed another, so with fewer distinct rows than ``k`` the spare
+    centroids stay duplicates with count 0 (never chosen, harmless).
+    """
+    n = x.shape[0]
+    start = torch.randperm(n, generator=generator)[:k] if n >= k else torch.arange(k) % n
+    centroids = x[start.to(x.device)].clone()  # [k, D]
+    for _ in range(iters):
+        assign, dist = _nearest(x, centroids)  # [N], [N]
+        counts = torch.bincount(assign, minlength=k)  # [k]
+        sums = torch.zeros_like(centroids).index_add_(0, assign, x)  # [k, D]
+        filled = counts > 0
+        centroids[filled] = sums[filled] / counts[filled, None]
+        _reseed_empty(centroids, ~filled, x, dist)
+    assign, _ = _nearest(x, centroids)
+    return centroids, torch.bincount(assign, minlength=k).to(x.dtype)
+
+
+def _reseed_empty(centroids: Tensor, empty: Tensor, x: Tensor, dist: Tensor) -> None:
+    num_empty = int(empty.sum())
+    if num_empty == 0:
+        return
+    far = dist.topk(min(num_empty, dist.numel())).indices  # [m]
+    far = far[dist[far] > 0]  # a row already on a centroid would only duplicate it
+    slots = empty.nonzero()[: far.numel(), 0]
+    centroids[slots] = x[far[: slots.numel()]]
+
+
+def _sample_latents(
+    codec: Codec, audio_batches: Iterable[Tensor], max_vectors: int, generator
+) -> Tensor:
+    """Encoder latents of all batches as rows ``[N, D]``: a uniform random subset of at
+    most ``max_vectors`` (those with the smallest random keys), so memory stays bounded."""
+    kept: Tensor | None = None
+    keys = torch.empty(0)
+    for audio in audio_batches:
+        latents = codec.latents(audio)  # [B, D, T]
+        rows = latents.transpose(1, 2).reshape(-1, latents.shape[1]).float()  # [B*T, D]
+        kept = rows if kept is None else torch.cat([kept, rows])
+        keys = torch.cat([keys, torch.rand(rows.shape[0], generator=generator)])
+        if kept.shape[0] > max_vectors:
+            keep = keys.topk(max_vectors, largest=False).indices.sort().values
+            kept, keys = kept[keep.to(kept.device)], keys[keep]
+    if kept is None or kept.shape[0] == 0:
+        raise MusicGenError("codec calibration got no audio")
+    return kept
+
+
+def calibrate_codec(
+    codec: Codec,
+    audio_batches: Iterable[Tensor],
+    iters: int = 20,
+    seed: int = 0,
+    max_vectors: int = 200_000,
+) -> Codec:
+    """Fit the codec's residual codebooks by k-means on the latents of sample audio.
+
+    Codebook 0 is fitted on the latents, codebook 1 on what remains after quantising
+    with codebook 0, and so on, the way residual quantisation encodes. The centroids
+    go into the quantizer's own buffers, so ``encode``/``decode`` use them. The codec
+    is changed in place and returned. Deterministic for a seed (on CPU).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    residual = _sample_latents(codec, audio_batches, max_vectors, generator)  # [N, D]
+    embeds, counts = [], []
+    for _ in range(codec.num_codebooks):
+        centroids, sizes = kmeans(
+            residual, codec.cardinality, iters, generator
+        )  # [card, D], [card]
+        assign, _ = _nearest(residual, centroids)  # [N]
+        residual = residual - centroids[assign]  # [N, D]
+        embeds.append(centroids)
+        counts.append(sizes)
+    codec.set_codebooks(torch.stack(embeds), torch.stack(counts))  # [K, card, D], [K, card]
+    return codec
+
+
+CHUNK_SECONDS = 5.0
+"""Length of the pieces that files are cut into for calibration."""
+
+
+def _read_chunks(paths: list[Path], codec: Codec, max_seconds: float) -> list[Tensor]:
+    """Audio of the files as ``[C, S]`` pieces of at most CHUNK_SECONDS, max_seconds in all."""
+    from music_gen.audio import read_audio  # audio I/O (soundfile) is only needed here
+
+    chunk = int(CHUNK_SECONDS * codec.sample_rate)
+    budget = int(max_seconds * codec.sample_rate)
+    chunks: list[Tensor] = []
+    for path in paths:
+        if budget < codec.hop_length:
+            break
+        try:
+            audio, _ = read_audio(path, sample_rate=codec.sample_rate, channels=codec.channels)
+        except MusicGenError as exc:
+            logger.warning("calibration skips %s: %s", path, exc)
+            continue
+        audio = audio[:, :budget]  # [C, S]
+        budget -= audio.shape[-1]
+        chunks += [
+            piece for piece in audio.split(chunk, dim=-1) if piece.shape[-1] >= codec.hop_length
+        ]
+    return chunks
+
+
+def _batches(chunks: list[Tensor], batch_size: int = 8) -> Iterator[Tensor]:
+    """Pieces of equal length stacked into batches (full chunks together, tails alone)."""
+    by_length: dict[int, list[Tensor]] = {}
+    for piece in chunks:
+        by_length.setdefault(piece.shape[-1], []).append(piece)
+    for pieces in by_length.values():
+        for start in range(0, len(pieces), batch_size):
+            yield torch.stack(pieces[start : start + batch_size])  # [B, C, S]
+
+
+def calibrate_from_files(
+    paths: list[Path], codec: Codec, max_seconds: float = 600.0, seed: int = 0
+) -> Codec:
+    """Calibrate ``codec`` on up to ``max_seconds`` of audio read from ``paths``.
+
+    Unreadable files are skipped with a warning; no readable audio at all is an error.
+    """
+    chunks = _read_chunks([Path(path) for path in paths], codec, max_seconds)
+    if not chunks:
+        raise AudioError(f"codec calibration: none of the {len(paths)} audio file(s) could be read")
+    return calibrate_codec(codec, _batches(chunks), seed=seed)
+
+
+# ---------------------------------------------------------------------------
+# The offline codec
+# ---------------------------------------------------------------------------
+
+
+def _calibration_clips(sample_rate: int, seed: int) -> Tensor:
+    """About 40 s of varied synthetic sound as 1 s clips ``[N, 1, S]``: pure tones over
+    five octaves, square and saw waves, chords, a chirp, noise of several colours and
+    levels, noise bursts, clicks and silence."""
+    generator = torch.Generator().manual_seed(seed)
+    t = torch.arange(sample_rate) / sample_rate  # [S]
+    pitches = [55.0, 110.0, 220.0, 330.0, 440.0, 660.0, 880.0, 1320.0, 1760.0, 3520.0]
+    phase = [2 * math.pi * f * t for f in pitches]
+    sines = [0.5 * torch.sin(p) for p in phase]
+    squares = [0.3 * torch.sign(torch.sin(p)) for p in phase[1:8:2] + phase[2:9:2]]
+    saws = [0.3 * (2 * ((f * t) % 1.0) - 1) for f in pitches[1:9:2] + pitches[2:9:2]]
+    chords = [0.2 * (torch.sin(p) + torch.sin(p * 1.26) + torch.sin(p * 1.5)) for p in phase[1:5]]
+    chirp = [0.5 * torch.sin(2 * math.pi * (100 * t + 2000 * t**2))]
+    white = [level * torch.randn(sample_rate, generator=generator) for level in (0.05, 0.2, 0.5)]
+    brown = torch.randn(sample_rate, generator=generator).cumsum(0)
+    colored = [0.5 * (brown - brown.mean()) / brown.abs().max()]
+    bursts = [white[2] * ((t * 4) % 1.0 < 0.2), white[1] * ((t * 8) % 1.0 < 0.1)]
+    clicks = [0.8 * ((t * 10) % 1.0 < 0.002).float()]  # 10 clicks of 2 ms
+    silence = [torch.zeros(sample_rate), 1e-3 * torch.randn(sample_rate, generator=generator)]
+    clips = sines + squares + saws + chords + chirp + white + colored + bursts + clicks + silence
+    return torch.stack(clips)[:, None]  # [N, 1, S]
+
+
+def tiny_calibrated_codec(seed: int = 0, num_codebooks: int = 4, cardinality: int = 256) -> Codec:
+    """The offline codec: a random ``tiny`` codec (16 kHz, 50 Hz) whose codebooks are
+    calibrated on synthetic sounds. Deterministic for a seed; takes well under a second."""
+    cfg = CodecConfig(
+        backend="transformers", preset="tiny", num_codebooks=num_codebooks, cardinality=cardinality
+    )
+    codec = build_codec(cfg, seed=seed)
+    clips = _calibration_clips(codec.sample_rate, seed)  # [N, 1, S]
+    return calibrate_codec(codec, clips.split(8), seed=seed)
