@@ -22,8 +22,8 @@ demo: setup
 	$(BIN)/music-gen demo
 
 lint: setup
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	$(BIN)/ruff check music_gen tests benchmarks
+	$(BIN)/ruff format --check music_gen tests benchmarks
 
 unit: setup
 	$(BIN)/pytest -q -m "not integration" tests/unit

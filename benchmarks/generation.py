@@ -13,18 +13,22 @@ Prints one JSON line.
 
 from __future__ import annotations
 
+import os
+import sys
+
+# Run as a script, this folder is sys.path[0]; it holds tokenize.py, which would shadow
+# the standard library's tokenize. Put the repository root there instead.
+sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 import argparse
 import json
-import os
 import statistics
-import sys
 import tempfile
 import time
 import types
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 

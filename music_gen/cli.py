@@ -19,6 +19,8 @@ from music_gen.errors import MusicGenError
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# Library-internal saves and loads are not worth a progress bar each.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 # A dotted override such as `train.lr=3e-4` may stand anywhere on the line.
@@ -336,9 +338,240 @@ def _audio_prompt_codes(model, path):
     return model.encode_audio(audio, rate)
 
 
+# --- demo -------------------------------------------------------------------------
+
+
+def add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo", help="run the offline demo", description="Run the platform end to end, offline."
+    )
+    p.add_argument(
+        "--workdir", default="work/demo", help="where the demo writes (default work/demo)"
+    )
+    p.set_defaults(run=run_demo)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from music_gen import MusicGen
+    from music_gen.audio import write_audio
+    from music_gen.config import load_config
+    from music_gen.models.codec import tiny_calibrated_codec
+
+    workdir = Path(args.workdir)
+    print("music-gen demo: a freshly initialised debug model with a small calibrated codec.")
+    print("Its weights are RANDOM (nothing is downloaded), so the clip is structured noise.")
+    cfg = load_config(overrides=["model.dim=64", "model.text.dim=32"])
+    model = MusicGen.from_config(cfg.model, tiny_calibrated_codec())
+    prompt = "upbeat jazz with saxophone"
+    codes = model.generate_codes([prompt], duration=2.0, seed=0, progress=True)
+    path = write_audio(workdir / "random_model.wav", model.decode(codes)[0], model.sample_rate)
+    model.save_pretrained(workdir / "random_model")
+    print(f"wrote {path} ({codes.shape[-1]} frames x {codes.shape[1]} codebooks for '{prompt}')")
+    print(f"saved the model to {workdir / 'random_model'}; try:")
+    print(f"  music-gen generate 'calm ambient pad' --model {workdir / 'random_model'} -o pad.wav")
+    return 0
+
+
+# --- train ------------------------------------------------------------------------
+
+
+def add_train(sub: argparse._SubParsersAction) -> None:
+    """`music-gen train`."""
+    p = sub.add_parser(
+        "train",
+        help="train or fine-tune a model on a tokenized dataset (Ray Train)",
+        description="Train a model (a size preset from scratch, train.init=CHECKPOINT, or a "
+        "transformers MusicGen dir) on the Parquet shards of `music-gen data tokenize`, with "
+        "Ray Train workers, checkpoints every train.checkpoint_every steps and MLflow tracking. "
+        "Re-running the same command (same train.name and train.storage) resumes.",
+    )
+    p.add_argument("--data", help="tokenized dataset directory (sets data.output)")
+    p.add_argument("--name", help="run name (sets train.name)")
+    p.add_argument(
+        "--init", help="start checkpoint: ours, transformers MusicGen, models:/NAME@ALIAS"
+    )
+    _config_args(p)
+    p.set_defaults(run=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from music_gen.pipelines.train import train
+
+    cfg = _load_config(args)
+    # Set after loading so that paths and names are never parsed as YAML.
+    if args.data:
+        cfg.data.output = args.data
+    if args.name:
+        cfg.train.name = args.name
+    if args.init:
+        cfg.train.init = args.init
+    summary = train(cfg)
+    start, end = summary.get("start_step", 0), summary.get("end_step", cfg.train.steps)
+    note = f" (resumed at step {start})" if start else ""
+    val = summary.get("val_loss")
+    print(
+        f"trained {cfg.train.name} to step {end}{note}" + (f", val_loss {val:.4f}" if val else "")
+    )
+    print(f"checkpoint   {summary['checkpoint']}")
+    print(f"best         {summary['best_checkpoint']}")
+    print(f"mlflow run   {summary['run_id']} ({summary['tracking_uri']})")
+    print(f"model        {summary['run_uri']}")
+    if summary.get("registered"):
+        print(f"registered   {summary['registered']}")
+    return 0
+
+
+# --- evaluate ------------------------------------------------------------------------
+
+
+def add_evaluate(sub: argparse._SubParsersAction) -> None:
+    """`music-gen evaluate`."""
+    p = sub.add_parser(
+        "evaluate",
+        help="score a model on a tokenized dataset (loss, prompt adherence, FAD)",
+        description="Validation loss and perplexity per codebook; on synthetic data, prompt "
+        "adherence (generate for held-out phrasings of each class, classify the codes against "
+        "the dataset's, report accuracy and the confusion matrix); Fréchet Audio Distance. "
+        "Writes JSON (--output) and logs to MLflow (MLFLOW_TRACKING_URI, default "
+        "sqlite:///work/mlflow.db).",
+    )
+    p.add_argument(
+        "--model", required=True, help="checkpoint dir, transformers dir/hub id, models:/NAME@ALIAS"
+    )
+    p.add_argument("--data", required=True, help="tokenized dataset directory")
+    p.add_argument("--output", "-o", help="write the results as JSON here")
+    p.add_argument("--run-id", help="log to this MLflow run (default: a new run in 'evaluate')")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    p.add_argument("--split", choices=["val", "all"], default="val", help="rows scored for loss")
+    p.add_argument("--val-fraction", type=float, default=0.05, help="as data.val_fraction")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-batches", type=int, help="cap on loss batches (default: all)")
+    p.add_argument("--segment-frames", type=int, help="frames per row for the loss")
+    p.add_argument("--per-class", type=int, default=4, help="generations per synth class")
+    p.add_argument("--duration", type=float, default=3.0, help="seconds per generation")
+    p.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale")
+    p.add_argument("--fad-clips", type=int, default=24, help="real clips for FAD")
+    p.add_argument("--fad-embedding", default="codec-latents", help="codec-latents[-mean]")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.set_defaults(run=run_evaluate)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from music_gen.pipelines.evaluate import evaluate
+
+    results = evaluate(
+        args.model,
+        args.data,
+        output=args.output,
+        run_id=args.run_id,
+        batch_size=args.batch_size,
+        max_batches=args.max_batches,
+        segment_frames=args.segment_frames,
+        split=args.split,
+        val_fraction=args.val_fraction,
+        per_class=args.per_class,
+        duration=args.duration,
+        guidance_scale=args.cfg,
+        seed=args.seed,
+        fad_clips=args.fad_clips,
+        embedding=args.fad_embedding,
+        device=args.device,
+        mlflow_logging=not args.no_mlflow,
+    )
+    val, adherence, fad = results["validation"], results["prompt_adherence"], results["fad"]
+    print(
+        f"loss         {val['loss']:.4f} (perplexity {val['perplexity']:.2f}, {val['rows']} rows)"
+    )
+    print("per codebook " + " ".join(f"{c['loss']:.3f}" for c in val["per_codebook"]))
+    if "accuracy" in adherence:
+        print(f"adherence    {adherence['accuracy']:.3f} (chance {adherence['chance']:.3f})")
+    else:
+        print(f"adherence    skipped: {adherence['skipped']}")
+    print(f"fad          {fad['fad']:.4f} ({fad['embedding']})")
+    if results.get("mlflow_run_id"):
+        print(f"mlflow run   {results['mlflow_run_id']}")
+    if args.output:
+        print(f"results      {args.output}")
+    return 0
+
+
+# --- submit ----------------------------------------------------------------------------
+
+JOB_ACTIONS = ("status", "logs", "stop")
+
+
+def add_submit(sub: argparse._SubParsersAction) -> None:
+    """`music-gen submit [--address URL] -- COMMAND` and `music-gen submit status|logs|stop JOB`."""
+    p = sub.add_parser(
+        "submit",
+        help="run a music-gen command on a Ray cluster as a Ray Job",
+        usage="music-gen submit [options] -- COMMAND [ARGS...]\n"
+        "       music-gen submit [--address URL] status|logs|stop JOB",
+        description="Submit any music-gen command as a Ray Job (the project directory travels "
+        "as the job's working_dir) and print the job id; or check, read or stop a job. The "
+        "cluster is --address, else RAY_ADDRESS, else a local `ray start` cluster; its token "
+        "(RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) is sent when found.",
+    )
+    p.add_argument("words", nargs="*", metavar="COMMAND", help="after --: the music-gen command")
+    p.add_argument("--address", help="dashboard URL (http://head:8265) or head:6379")
+    p.add_argument(
+        "--follow",
+        "-f",
+        action="store_true",
+        help="stream logs until the job ends; exit 0 if it succeeded",
+    )
+    p.add_argument("--working-dir", help="directory shipped to the cluster (default: the project)")
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="job env var")
+    p.add_argument("--submission-id", help="job id to use (default: generated)")
+    p.set_defaults(run=run_submit)
+
+
+def run_submit(args: argparse.Namespace) -> int:
+    from music_gen.errors import UsageError
+    from music_gen.platform import jobs
+
+    words = args.words
+    if words and words[0] in JOB_ACTIONS:
+        if len(words) != 2:
+            raise UsageError(f"usage: music-gen submit {words[0]} JOB")
+        return _job_action(jobs, words[0], words[1], args)
+    env = jobs.parse_env(args.env)
+    jobs.entrypoint(words)  # an empty command fails before connecting
+    client = jobs.connect(args.address)
+    job_id = jobs.submit(client, words, args.working_dir, env, args.submission_id)
+    print(job_id, flush=True)
+    if not args.follow:
+        return 0
+    return _finish(jobs, job_id, jobs.follow(client, job_id))
+
+
+def _job_action(jobs, action: str, job_id: str, args: argparse.Namespace) -> int:
+    client = jobs.connect(args.address)
+    if action == "status":
+        status, message = jobs.job_status(client, job_id)
+        print(status + (f": {message}" if message else ""))
+        return 0
+    if action == "logs":
+        if args.follow:
+            return _finish(jobs, job_id, jobs.follow(client, job_id))
+        print(jobs.job_logs(client, job_id), end="")
+        return 0
+    stopped = jobs.stop_job(client, job_id)
+    print(f"stop requested for {job_id}" if stopped else f"{job_id} was not running")
+    return 0
+
+
+def _finish(jobs, job_id: str, status: str) -> int:
+    print(f"music-gen: job {job_id} {status}", file=sys.stderr)
+    return jobs.exit_code(status)
+
+
 # --- entry point ----------------------------------------------------------------
 
-COMMANDS = [add_generate, add_data, add_codec]
+COMMANDS = [add_generate, add_demo, add_data, add_codec, add_train, add_evaluate, add_submit]
 
 
 def build_parser() -> argparse.ArgumentParser:

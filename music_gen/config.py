@@ -125,33 +125,75 @@ class DataConfig(Strict):
 
 class TrainConfig(Strict):
     name: str = "music-gen"
-    """Run name; re-running with the same name and storage resumes."""
+    """Run name; re-running with the same name and storage resumes from its last checkpoint."""
     storage: str = "work/runs"
-    """Where checkpoints live (local path or s3://, gs://)."""
+    """Where checkpoints live (local path or s3://, gs://): ``<storage>/<name>/checkpoint_*``."""
     init: str | None = None
-    """Start point: ``None`` (from scratch), our checkpoint dir, a transformers MusicGen dir or hub id."""
+    """Start point: ``None`` (the model preset from scratch), our checkpoint dir, a
+    transformers MusicGen dir or hub id, or ``models:/NAME@ALIAS``."""
     steps: int = Field(1000, gt=0)
+    """Optimizer steps in all (a resumed run continues up to this number)."""
     batch_size: int = Field(8, gt=0)
-    """Per-worker batch size."""
+    """Per-worker batch size (segments)."""
     lr: float = Field(1e-4, gt=0)
+    """Peak learning rate of AdamW."""
     weight_decay: float = Field(0.1, ge=0)
+    """AdamW weight decay (matrices only; norms, biases and embeddings get none)."""
     betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW betas."""
     warmup_steps: int = Field(100, ge=0)
+    """Linear warmup from 0 to ``lr``; a cosine decay to ``min_lr_ratio * lr`` follows."""
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
+    """Where the cosine decay ends, as a share of ``lr``."""
     grad_clip: float = Field(1.0, gt=0)
+    """Clip the global gradient norm to this value."""
     precision: Literal["fp32", "bf16", "fp16"] = "bf16"
-    """Autocast dtype on GPU; the CPU always runs fp32."""
+    """Autocast dtype on GPU (fp16 adds a gradient scaler); the CPU always runs fp32."""
     strategy: Literal["ddp", "fsdp"] = "ddp"
+    """Data parallelism: ``ddp`` replicates the model, ``fsdp`` shards it (GPU only)."""
     segment_curriculum: dict[int, float] = {}
     """Step -> segment seconds, e.g. ``{0: 10, 2000: 20, 4000: 30}``; empty uses the data's length."""
     ema_decay: float | None = Field(None, gt=0, lt=1)
+    """Keep an exponential moving average of the weights (e.g. 0.999); it is what checkpoints
+    and the final model hold for generation."""
     num_workers: int = Field(1, gt=0)
+    """Ray Train workers (one process each, DDP between them)."""
     use_gpu: bool = False
+    """One GPU per worker (``gpus_per_worker``)."""
     cpus_per_worker: float = Field(1.0, gt=0)
+    """CPUs reserved per worker; fractions let two workers share a 2-core machine with Ray Data."""
+    gpus_per_worker: float = Field(1.0, gt=0)
+    """GPUs reserved per worker when ``use_gpu``."""
+    torch_threads: int | None = Field(None, gt=0)
+    """Intra-op threads per worker; ``None`` keeps Ray's (the reserved CPUs, at least 1)."""
+    log_every: int = Field(10, gt=0)
+    """Log train loss, learning rate and throughput every this many steps (rank 0)."""
     checkpoint_every: int = Field(200, gt=0)
+    """Save a checkpoint (and compute the validation loss) every this many steps and at the end."""
     eval_every: int = Field(200, gt=0)
+    """Validation loss plus generated samples (audio, spectrogram) every this many steps."""
+    val_batches: int | None = Field(None, gt=0)
+    """Validation batches per worker at each evaluation; ``None`` is the whole split."""
+    eval_samples: int = Field(2, ge=0)
+    """Audio samples generated at each evaluation (0: none)."""
+    eval_sample_seconds: float = Field(2.0, gt=0)
+    """Length of each generated sample."""
+    eval_prompts: list[str] = []
+    """Prompts of the samples; empty takes captions from the validation split."""
     keep_checkpoints: int = Field(2, gt=0)
+    """Checkpoints kept: the best by validation loss (the latest is always kept too)."""
     max_failures: int = Field(2, ge=-1)
+    """Restarts of the worker group from the last checkpoint after a failure (-1: no limit)."""
+    shuffle_buffer: int = Field(256, ge=0)
+    """Rows in each worker's local shuffle buffer (0: stream order)."""
     seed: int = 0
+    """Seeds weights, crops and condition dropout."""
+    tracking_uri: str | None = None
+    """MLflow tracking URI; ``None`` uses $MLFLOW_TRACKING_URI, else ``sqlite:///<work dir>/mlflow.db``."""
+    experiment: str = "music-gen"
+    """MLflow experiment of the run."""
+    register_as: str | None = None
+    """Register the final model under this name in the MLflow registry (``None``: only log it)."""
 
 
 class TuneConfig(Strict):

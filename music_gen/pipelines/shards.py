@@ -1,0 +1,316 @@
+"""The tokenized dataset on disk: Parquet shards of codec codes, their schema and checks.
+
+A dataset directory (local or ``s3://``/``gs://``) written by ``music-gen data tokenize``::
+
+    DIR/dataset.json              codec metadata, settings, number of shards
+    DIR/shards/part-00000.parquet one row per segment (SHARD_SCHEMA)
+    DIR/errors/part-00000.parquet files that could not be used (ERROR_SCHEMA)
+    DIR/_progress/part-00000.json a shard's completion marker and counts (for resume)
+    DIR/errors.csv, DIR/summary.json   the last run's error list and summary, for people
+
+A shard row holds one segment: ``id`` (``<source_id>-<segment>``), ``source`` (path or
+URI), ``segment`` (index in its file), ``start`` and ``duration`` (seconds the codes
+cover, padding included), ``caption``, the attributes ``genre``, ``moods``, ``key``,
+``bpm``, ``instrument`` (null when unknown), ``attributes`` (all the file's metadata
+as JSON text), ``codes`` (``uint16`` little-endian bytes of the row-major ``[K, T]``
+array), ``num_codebooks`` (K) and ``frames`` (T). The codec that made the codes is
+described in every shard's file metadata (key ``music_gen``) and in ``dataset.json``:
+``codec``, ``sample_rate``, ``frame_rate``, ``num_codebooks``, ``cardinality``...
+
+For training::
+
+    ds = ray.data.read_parquet(shard_paths(root))
+    codes = read_codes(row)                 # np.int64 [K, T]
+    check_codec(root, num_codebooks=4, cardinality=2048)
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from music_gen.errors import MusicGenError
+from music_gen.pipelines.sources import resolve, to_uri
+
+FORMAT_VERSION = 1
+METADATA_KEY = b"music_gen"
+CODES_DTYPE = "<u2"  # cardinalities up to 65536 fit; MusicGen's is 2048
+SHARDS, ERRORS, PROGRESS = "shards", "errors", "_progress"
+DATASET_FILE, SUMMARY_FILE, ERRORS_CSV = "dataset.json", "summary.json", "errors.csv"
+
+SHARD_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("source", pa.string()),
+        ("segment", pa.int32()),
+        ("start", pa.float64()),
+        ("duration", pa.float64()),
+        ("caption", pa.string()),
+        ("genre", pa.string()),
+        ("moods", pa.list_(pa.string())),
+        ("key", pa.string()),
+        ("bpm", pa.float32()),
+        ("instrument", pa.string()),
+        ("attributes", pa.string()),
+        ("codes", pa.binary()),
+        ("num_codebooks", pa.int16()),
+        ("frames", pa.int32()),
+    ]
+)
+
+ERROR_SCHEMA = pa.schema(
+    [
+        ("path", pa.string()),
+        ("stage", pa.string()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+    ]
+)
+
+
+# --- codes -----------------------------------------------------------------------------
+
+
+def codes_to_bytes(codes: np.ndarray) -> bytes:
+    """``[K, T]`` integer codes -> compact bytes (``uint16``, row-major)."""
+    if codes.size and (codes.min() < 0 or codes.max() > np.iinfo(np.uint16).max):
+        raise ValueError("codes must lie in [0, 65535] to be stored as uint16")
+    return np.ascontiguousarray(codes, dtype=CODES_DTYPE).tobytes()
+
+
+def read_codes(row: dict) -> np.ndarray:
+    """The codes of a shard row (a dict with ``codes``, ``num_codebooks``, ``frames``): int64 ``[K, T]``."""
+    flat = np.frombuffer(row["codes"], dtype=CODES_DTYPE)
+    return flat.reshape(int(row["num_codebooks"]), int(row["frames"])).astype(np.int64)
+
+
+def batch_codes(batch: dict) -> list[np.ndarray]:
+    """The codes of every row of a columnar batch (``iter_batches(batch_format="numpy")``)."""
+    columns = zip(batch["codes"], batch["num_codebooks"], batch["frames"], strict=True)
+    return [read_codes({"codes": c, "num_codebooks": k, "frames": t}) for c, k, t in columns]
+
+
+# --- layout ----------------------------------------------------------------------------------
+
+
+def part_name(group: int) -> str:
+    return f"part-{group:05d}"
+
+
+def join(root: str, *parts: str) -> str:
+    return posixpath.join(root, *parts)
+
+
+def shard_paths(root: str) -> list[str]:
+    """Every shard of a dataset directory (URIs for remote filesystems), sorted."""
+    fs, path = resolve(root)
+    return [to_uri(fs, p) for p in _list(fs, join(path, SHARDS), ".parquet")]
+
+
+def _list(fs: pafs.FileSystem, directory: str, suffix: str) -> list[str]:
+    infos = fs.get_file_info(pafs.FileSelector(directory, allow_not_found=True))
+    return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(suffix))
+
+
+def read_json(fs: pafs.FileSystem, path: str) -> dict | None:
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return None
+    with fs.open_input_file(path) as handle:
+        return json.loads(handle.read())
+
+
+def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Write then rename, so that a crash never leaves a half-written file under ``path``."""
+    fs.create_dir(posixpath.dirname(path), recursive=True)
+    tmp = path + ".tmp"
+    with fs.open_output_stream(tmp) as handle:
+        handle.write(data)
+    fs.move(tmp, path)
+
+
+def write_json(fs: pafs.FileSystem, path: str, value: dict) -> None:
+    write_bytes_atomic(fs, path, (json.dumps(value, indent=1, sort_keys=True) + "\n").encode())
+
+
+def write_table(fs: pafs.FileSystem, path: str, table: pa.Table) -> None:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    write_bytes_atomic(fs, path, sink.getvalue().to_pybytes())
+
+
+def shard_table(rows: list[dict], meta: dict) -> pa.Table:
+    schema = SHARD_SCHEMA.with_metadata({METADATA_KEY: json.dumps(meta, sort_keys=True)})
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def errors_table(rows: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=ERROR_SCHEMA)
+
+
+# --- reading back --------------------------------------------------------------------------
+
+
+def dataset_info(root: str) -> dict:
+    """``dataset.json`` of a dataset directory (codec metadata under ``codec``)."""
+    fs, path = resolve(root)
+    info = read_json(fs, join(path, DATASET_FILE))
+    if info is None:
+        raise MusicGenError(f"{root} is not a tokenized dataset (no {DATASET_FILE})")
+    return info
+
+
+def codec_info(root: str) -> dict:
+    """Codec metadata of a dataset: ``codec``, ``sample_rate``, ``frame_rate``,
+    ``num_codebooks``, ``cardinality``, ``channels``, ``hop_length``."""
+    return dataset_info(root)["codec"]
+
+
+def check_codec(root: str, num_codebooks: int, cardinality: int) -> dict:
+    """Raise unless a model with ``num_codebooks`` x ``cardinality`` can learn this dataset."""
+    meta = codec_info(root)
+    if meta["num_codebooks"] != num_codebooks or meta["cardinality"] > cardinality:
+        raise MusicGenError(
+            f"dataset {root} has {meta['num_codebooks']} codebooks of {meta['cardinality']} codes "
+            f"but the model expects {num_codebooks} of {cardinality} "
+            "(set model.num_codebooks / model.cardinality to match the codec)"
+        )
+    return meta
+
+
+def read_errors(root: str) -> pa.Table:
+    """All files that could not be used, from every shard's errors table."""
+    fs, path = resolve(root)
+    tables = [pq.read_table(p, filesystem=fs) for p in _list(fs, join(path, ERRORS), ".parquet")]
+    return pa.concat_tables(tables) if tables else ERROR_SCHEMA.empty_table()
+
+
+def shard_meta(fs: pafs.FileSystem, path: str) -> dict:
+    raw = (pq.read_schema(path, filesystem=fs).metadata or {}).get(METADATA_KEY)
+    return json.loads(raw) if raw else {}
+
+
+# --- validation -------------------------------------------------------------------------------
+
+CODEC_KEYS = ("codec", "sample_rate", "frame_rate", "num_codebooks", "cardinality")
+
+
+def validate(root: str, max_violations: int = 20) -> dict:
+    """Check every shard of ``root``; returns a report (``violations`` empty when all is well).
+
+    Checks: the schema, the codec metadata, codes below the cardinality and of the
+    stated size, frame counts consistent with duration x frame rate, captions present,
+    unique ids, every shard complete. Reads one row group at a time (bounded memory).
+    """
+    fs, path = resolve(root)
+    info = dataset_info(root)
+    codec = info["codec"]
+    report = {
+        "shards": 0,
+        "clips": 0,
+        "sources": 0,
+        "hours": 0.0,
+        "genres": Counter(),
+        "errors": Counter(),
+        "violations": [],
+    }
+    ids, sources = set(), set()
+
+    def violate(where: str, what: str) -> None:
+        report["violations"].append(f"{where}: {what}")
+
+    shard_files = _list(fs, join(path, SHARDS), ".parquet")
+    markers = {
+        posixpath.basename(p)[: -len(".json")] for p in _list(fs, join(path, PROGRESS), ".json")
+    }
+    expected = {part_name(g) for g in range(int(info.get("num_shards", 0)))}
+    for missing in sorted(expected - markers):
+        violate(missing, "shard missing or incomplete (re-run tokenize to finish)")
+    for shard in shard_files:
+        name = posixpath.basename(shard)
+        if name[: -len(".parquet")] not in markers:
+            violate(name, "no completion marker (interrupted write; re-run tokenize)")
+        report["shards"] += 1
+        _validate_shard(fs, shard, name, codec, report, ids, sources, violate)
+    for row in read_errors(root).to_pylist():
+        report["errors"][row["reason"]] += 1
+    report["sources"] = len(sources)
+    report["hours"] = round(report["hours"], 4)
+    report["total_violations"] = len(report["violations"])
+    report["violations"] = report["violations"][:max_violations]
+    return report
+
+
+def _validate_shard(fs, shard, name, codec, report, ids, sources, violate) -> None:
+    try:
+        parquet = pq.ParquetFile(shard, filesystem=fs)
+        meta = shard_meta(fs, shard)
+    except Exception as exc:  # any corruption pyarrow can report
+        violate(name, f"unreadable shard ({type(exc).__name__}: {exc})")
+        return
+    if not parquet.schema_arrow.remove_metadata().equals(SHARD_SCHEMA):
+        violate(name, "schema differs from SHARD_SCHEMA")
+        return
+    for key in CODEC_KEYS:
+        if meta.get(key) != codec.get(key):
+            violate(name, f"metadata {key}={meta.get(key)!r}, dataset says {codec.get(key)!r}")
+    try:
+        for batch in parquet.iter_batches():
+            _validate_rows(batch.to_pylist(), name, codec, report, ids, sources, violate)
+    except Exception as exc:
+        violate(name, f"unreadable rows ({type(exc).__name__}: {exc})")
+
+
+def _validate_rows(rows, name, codec, report, ids, sources, violate) -> None:
+    itemsize = np.dtype(CODES_DTYPE).itemsize
+    for row in rows:
+        where = f"{name}:{row['id']}"
+        k, t = row["num_codebooks"], row["frames"]
+        if row["id"] in ids:
+            violate(where, "duplicate id")
+        ids.add(row["id"])
+        sources.add(row["source"])
+        if not (row["caption"] or "").strip():
+            violate(where, "empty caption")
+        if k != codec["num_codebooks"]:
+            violate(where, f"{k} codebooks, codec has {codec['num_codebooks']}")
+        if row["codes"] is None or len(row["codes"]) != k * t * itemsize:
+            violate(
+                where, f"codes hold {len(row['codes'] or b'')} bytes, expected K x T = {k} x {t}"
+            )
+            continue
+        codes = np.frombuffer(row["codes"], dtype=CODES_DTYPE)
+        if codes.size and int(codes.max()) >= codec["cardinality"]:
+            violate(where, f"code {int(codes.max())} >= cardinality {codec['cardinality']}")
+        expected = row["duration"] * codec["frame_rate"]
+        if row["duration"] <= 0 or abs(t - expected) > 1.0 + 1e-6:
+            violate(
+                where,
+                f"{t} frames but {row['duration']:.3f} s x {codec['frame_rate']} Hz = {expected:.1f}",
+            )
+        report["clips"] += 1
+        report["hours"] += row["duration"] / 3600
+        report["genres"][row["genre"] or "unknown"] += 1
+
+
+def format_report(report: dict) -> str:
+    lines = [
+        f"shards      {report['shards']}",
+        f"clips       {report['clips']}",
+        f"sources     {report['sources']}",
+        f"hours       {report['hours']:.3f}",
+        "genres      "
+        + (", ".join(f"{g}: {n}" for g, n in sorted(report["genres"].items())) or "-"),
+        "errors      "
+        + (", ".join(f"{r}: {n}" for r, n in sorted(report["errors"].items())) or "0"),
+        f"violations  {report['total_violations']}",
+    ]
+    lines += [f"  {v}" for v in report["violations"]]
+    if report["total_violations"] > len(report["violations"]):
+        lines.append(f"  ... and {report['total_violations'] - len(report['violations'])} more")
+    return "\n".join(lines)
