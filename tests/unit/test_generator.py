@@ -136,3 +136,12 @@ def test_codec_model_mismatch_is_refused():
 
     with pytest.raises(CheckpointError, match="mismatch"):
         MusicGen.from_config(tiny_model_config(), build_codec(tiny_codec_config(num_codebooks=2)))
+
+
+def test_bfloat16_generation(model):
+    import copy
+
+    half = copy.deepcopy(model).to(dtype=torch.bfloat16)
+    codes = half.generate_codes(["jazz", "rock"], duration=0.3, seed=0)
+    assert codes.shape == (2, 4, 15) and int(codes.max()) < 64
+    assert half.decode(codes).dtype == torch.float32
