@@ -150,7 +150,7 @@ class TrainConfig(Strict):
     precision: Literal["fp32", "bf16", "fp16"] = "bf16"
     """Autocast dtype on GPU (fp16 adds a gradient scaler); the CPU always runs fp32."""
     strategy: Literal["ddp", "fsdp"] = "ddp"
-    """Data parallelism: ``ddp`` replicates the model, ``fsdp`` shards it (GPU only)."""
+    """Data parallelism: ``ddp`` replicates the model, ``fsdp`` shards it (FSDP2, per block)."""
     segment_curriculum: dict[int, float] = {}
     """Step -> segment seconds, e.g. ``{0: 10, 2000: 20, 4000: 30}``; empty uses the data's length."""
     ema_decay: float | None = Field(None, gt=0, lt=1)
