@@ -254,15 +254,17 @@ def resolve_codec_source(cfg: Config) -> str:
     ``codec.source`` when given, else ``<data>/codec`` when it holds one, else the codec
     named in the dataset's metadata when that is a directory.
     """
+    # Absolute paths: Ray Train workers do not run in the driver's working directory.
     if cfg.codec.source:
-        return cfg.codec.source
+        source = Path(cfg.codec.source).expanduser()
+        return str(source.resolve()) if source.exists() else cfg.codec.source
     data = cfg.data.output
     local = Path(data) / "codec"
     if (local / "codec.json").is_file():
-        return str(local)
+        return str(local.resolve())
     name = shards.codec_info(data).get("codec", "")
     if name and Path(name).expanduser().is_dir():
-        return str(Path(name).expanduser())
+        return str(Path(name).expanduser().resolve())
     raise ConfigError(
         f"dataset {data} does not hold its codec (metadata says {name!r}): pass "
         "codec.source=DIR, the codec it was tokenized with"
@@ -1083,6 +1085,20 @@ def worker_error(exc: Exception) -> MusicGenError:
     return MusicGenError(f"training failed on {where}: {type(error).__name__}: {detail}")
 
 
+def with_absolute_paths(cfg: Config) -> Config:
+    """Local relative paths made absolute: Ray workers do not share the driver's cwd."""
+
+    def absolute(path: str | None) -> str | None:
+        if not path or "://" in path or not Path(path).expanduser().exists():
+            return path  # remote URIs, hub ids and models:/ stay as they are
+        return str(Path(path).expanduser().resolve())
+
+    data = cfg.data.model_copy(update={"output": absolute(cfg.data.output)})
+    train = cfg.train.model_copy(update={"init": absolute(cfg.train.init)})
+    codec = cfg.codec.model_copy(update={"source": absolute(cfg.codec.source)})
+    return cfg.model_copy(update={"data": data, "train": train, "codec": codec})
+
+
 def train(cfg: Config, *, crash: dict | None = None) -> dict:
     """Run (or resume) the training run ``cfg.train.name``; returns a summary.
 
@@ -1095,6 +1111,7 @@ def train(cfg: Config, *, crash: dict | None = None) -> dict:
     from music_gen.pipelines.tokenize import ensure_ray
     from music_gen.platform import tracking
 
+    cfg = with_absolute_paths(cfg)
     plan = plan_run(cfg)
     crash = crash or parse_crash(os.environ.get(CRASH_ENV))
     ensure_ray()

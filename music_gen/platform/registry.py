@@ -53,11 +53,36 @@ def resolve(uri: str, tracking_uri: str | None = None) -> tuple[str, str, bool]:
             f"cannot resolve '{uri}' in the MLflow registry at {client.tracking_uri}: "
             f"{exc.message.splitlines()[0]}"
         ) from None
+    if uri.startswith("runs:/"):
+        uri = _logged_model_of_run(client, uri)
     if uri.startswith(("models:/", "runs:/")):
         # A logged model id never changes; runs:/RUN/model does when a resumed run logs again.
         key = "uri-" + hashlib.sha1(uri.encode()).hexdigest()[:16]
         return uri, key, uri.startswith("models:/")
     raise UsageError(f"'{uri}' is not a models:/ or runs:/ URI")
+
+
+def _logged_model_of_run(client, uri: str) -> str:
+    """``runs:/RUN/NAME`` -> ``models:/<model id>`` of the newest model NAME the run logged.
+
+    MLflow 3 keeps logged models apart from run artifacts, so ``runs:/`` URIs of models
+    no longer download as artifact paths; other ``runs:/`` paths are left as they are.
+    """
+    from mlflow.exceptions import MlflowException
+
+    run_id, _, name = uri[len("runs:/") :].partition("/")
+    try:
+        experiment = client.get_run(run_id).info.experiment_id
+        models = client.search_logged_models(
+            experiment_ids=[experiment],
+            filter_string=f"source_run_id = '{run_id}' AND name = '{name.strip('/')}'",
+        )
+    except MlflowException as exc:
+        raise CheckpointError(f"cannot resolve '{uri}': {exc.message.splitlines()[0]}") from None
+    if not models:
+        return uri
+    newest = max(models, key=lambda model: model.creation_timestamp)
+    return f"models:/{newest.model_id}"
 
 
 def find_checkpoint(root: Path) -> Path | None:
@@ -78,6 +103,8 @@ def download_model(uri: str, tracking_uri: str | None = None) -> Path:
     if immutable and target.is_dir() and (found := find_checkpoint(target)) is not None:
         return found
     target.parent.mkdir(parents=True, exist_ok=True)
+    # models:/ URIs resolve through the global tracking URI, whatever is passed below.
+    mlflow.set_tracking_uri(tracking.tracking_uri(tracking_uri))
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         try:
             local = mlflow.artifacts.download_artifacts(

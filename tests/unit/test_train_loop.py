@@ -274,3 +274,19 @@ def test_checkpoint_holds_a_loadable_model_and_the_resume_state(tmp_path):
     assert not (exported / checkpoints.TRAIN_STATE).exists()
     again = MusicGen.from_pretrained(exported)
     assert all(torch.equal(again.state_dict()[k], ema[k]) for k in ema)
+
+
+def test_local_paths_are_made_absolute_for_workers(tmp_path, monkeypatch):
+    from music_gen.config import load_config
+    from music_gen.pipelines.train import with_absolute_paths
+
+    (tmp_path / "tokens").mkdir()
+    (tmp_path / "codec").mkdir()
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(
+        overrides=["data.output=tokens", "codec.source=codec", "train.init=models:/m@prod"]
+    )
+    fixed = with_absolute_paths(cfg)
+    assert fixed.data.output == str(tmp_path / "tokens")
+    assert fixed.codec.source == str(tmp_path / "codec")
+    assert fixed.train.init == "models:/m@prod"  # URIs stay as they are
