@@ -282,7 +282,3 @@ class LM(nn.Module):
 def _init_weights(module: nn.Module) -> None:
     if isinstance(module, nn.Linear | nn.Embedding):
         nn.init.normal_(module.weight, mean=0.0, std=0.02)
-
-
-def build_lm(cfg: LMConfig) -> LM:
-    return LM(cfg)
