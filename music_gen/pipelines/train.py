@@ -232,8 +232,11 @@ def _value(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
-def make_batch(rows: dict, frames: int, rng: np.random.Generator | None) -> Batch:
-    """A columnar batch of shard rows (numpy or lists) -> cropped codes and conditions."""
+def make_batch(rows, frames: int, rng: np.random.Generator | None) -> Batch:
+    """A columnar batch of shard rows (a pyarrow table, or columns as numpy arrays or lists)
+    -> cropped codes and conditions."""
+    if hasattr(rows, "column_names"):  # pyarrow: Ray hands it over without conversion
+        rows = {name: rows.column(name).to_pylist() for name in rows.column_names}
     codes, lengths = crop_codes(shards.batch_codes(rows), frames, rng)
     texts = [str(t) for t in rows["caption"]]
     attributes = [
@@ -359,30 +362,24 @@ def full_weights(model: nn.Module, core: TrainModule) -> dict[str, torch.Tensor]
 
 
 def optimizer_state(model, core, optimizer) -> dict:
-    if is_sharded(model):
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            get_optimizer_state_dict,
-        )
+    """AdamW state keyed by parameter names with whole tensors, whatever the strategy, so a
+    run may resume under another one (under FSDP a collective; rank 0 gets the state)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-        return get_optimizer_state_dict(
-            model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
-        )
-    return optimizer.state_dict()
+    if is_sharded(model):
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_optimizer_state_dict(model, optimizer, options=options)
+    return get_optimizer_state_dict(core, optimizer)
 
 
 def load_optimizer_state(model, core, optimizer, state: dict) -> None:
-    if is_sharded(model):
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            set_optimizer_state_dict,
-        )
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-        set_optimizer_state_dict(
-            model, optimizer, state, options=StateDictOptions(full_state_dict=True)
-        )
+    if is_sharded(model):
+        options = StateDictOptions(full_state_dict=True)
+        set_optimizer_state_dict(model, optimizer, state, options=options)
     else:
-        optimizer.load_state_dict(state)
+        set_optimizer_state_dict(core, optimizer, state)
 
 
 # =============================================================================
@@ -398,6 +395,7 @@ class Step:
     per_codebook: torch.Tensor  # [K], detached
     tokens: int  # codes trained on (padding excluded)
     seconds: float
+    data_seconds: float = 0.0  # of ``seconds``, waiting for and preparing the batch
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -459,7 +457,7 @@ def stream_batches(shard, batch_size: int, buffer: int, seed: int, epoch: int, s
         seen = 0
         for rows in shard.iter_batches(  # [ray] each call is one epoch of this worker's shard
             batch_size=batch_size,
-            batch_format="numpy",
+            batch_format="pyarrow",  # the cheapest for Ray to hand over; make_batch converts
             drop_last=True,
             local_shuffle_buffer_size=buffer or None,
             local_shuffle_seed=seed + epoch if buffer else None,
@@ -530,14 +528,14 @@ def validate(
     if dist.is_initialized() and world > 1:
         dist.all_reduce(sums)
         dist.all_reduce(counts)
-    return (sums / counts.clamp_min(1)).float().cpu(), [str(t) for t in first["caption"]]
+    return (sums / counts.clamp_min(1)).float().cpu(), make_batch(first, frames, None).texts
 
 
 def read_validation(shard, batch_size: int, max_batches: int | None, world: int) -> list[dict]:
     """The validation batches a run scores, in memory (codes are small: 400 B per second)."""
     batches = []
     for rows in shard.iter_batches(  # [ray]
-        batch_size=batch_size, batch_format="numpy", drop_last=False
+        batch_size=batch_size, batch_format="pyarrow", drop_last=False
     ):
         batches.append(rows)
         if max_batches is not None and len(batches) >= max_batches * world:
@@ -657,7 +655,8 @@ def train_loop_per_worker(config: dict) -> dict | None:
     log = RunLogger(config["tracking_uri"], config["run_id"], enabled=rank == 0)
     crash = config.get("crash")
     frame_rate = mg.frame_rate
-    window = {"loss": 0.0, "per_codebook": 0.0, "tokens": 0, "seconds": 0.0, "steps": 0}
+    window = {"loss": 0.0, "per_codebook": 0.0, "tokens": 0, "seconds": 0.0, "data_seconds": 0.0}
+    window["steps"] = 0
     totals = {"tokens": 0, "seconds": 0.0}
     last_val, prompts = None, list(tc.eval_prompts)
     if rank == 0:
@@ -670,6 +669,7 @@ def train_loop_per_worker(config: dict) -> dict | None:
         epoch, position, rows = next(batches)
         rng = np.random.default_rng([tc.seed, rank, step])  # resume-proof: a function of the step
         batch = make_batch(rows, frames, rng)
+        fetched = time.perf_counter()
         generator = torch.Generator().manual_seed(int(rng.integers(2**31)))
         drop = condition_dropout(len(batch.texts), cfg.model.cond_dropout, generator)
         lr = tc.lr * lr_factor(step, tc.warmup_steps, tc.steps, tc.min_lr_ratio)
@@ -680,6 +680,7 @@ def train_loop_per_worker(config: dict) -> dict | None:
         if ema is not None:
             ema.update(named_trainable(core))
         result.seconds = time.perf_counter() - started  # throughput counts the data wait too
+        result.data_seconds = fetched - started
         done = step + 1
         accumulate(window, totals if step - start_step >= WARM_STEPS else None, result)
         if done % tc.log_every == 0 or done == tc.steps:
@@ -742,6 +743,7 @@ def accumulate(window: dict, totals: dict | None, result: Step) -> None:
     window["per_codebook"] = window["per_codebook"] + result.per_codebook
     window["tokens"] += result.tokens
     window["seconds"] += result.seconds
+    window["data_seconds"] += result.data_seconds
     window["steps"] += 1
     if totals is not None:
         totals["tokens"] += result.tokens
@@ -756,6 +758,8 @@ def window_metrics(window: dict, lr: float, seconds: float, world: int, device) 
         "lr": lr,
         # Every worker trains on as many tokens (equal shards, same batch size).
         "tokens_per_s": window["tokens"] * world / max(window["seconds"], 1e-9),
+        # Share of the loop spent waiting for data: near 0 when Ray Data keeps up.
+        "data_wait": window["data_seconds"] / max(window["seconds"], 1e-9),
         "segment_seconds": seconds,
     }
     per_codebook = window["per_codebook"]
@@ -764,14 +768,14 @@ def window_metrics(window: dict, lr: float, seconds: float, world: int, device) 
             metrics[f"train_loss_cb{k}"] = value
     if device.type == "cuda":
         metrics["gpu_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
-    window.update(loss=0.0, per_codebook=0.0, tokens=0, seconds=0.0, steps=0)
+    window.update(loss=0.0, per_codebook=0.0, tokens=0, seconds=0.0, data_seconds=0.0, steps=0)
     return metrics
 
 
 def format_metrics(step: int, total: int, metrics: dict) -> str:
     return (
         f"[train] step {step}/{total} loss {metrics['train_loss']:.4f} lr {metrics['lr']:.2e} "
-        f"tok/s {metrics['tokens_per_s']:.0f}"
+        f"tok/s {metrics['tokens_per_s']:.0f} data {metrics['data_wait']:.0%}"
     )
 
 
