@@ -7,16 +7,21 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export HF_HUB_DISABLE_TELEMETRY ?= 1
 
-.PHONY: setup demo test lint unit integration bench clean
+.PHONY: setup lock demo test lint unit integration bench clean
 
 setup: $(STAMP)
 
 # Reinstalled only when pyproject.toml changes (or the venv is missing).
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	@touch $(STAMP)
+
+# Pin the exact set of packages the tests ran with (after changing pyproject's ranges).
+lock: setup
+	@echo "# Exact versions the test suite runs with (make lock). pyproject.toml holds the ranges." > constraints.txt
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^music-gen' >> constraints.txt
 
 demo: setup
 	$(BIN)/music-gen demo
@@ -24,6 +29,7 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check music_gen tests benchmarks
 	$(BIN)/ruff format --check music_gen tests benchmarks
+	$(BIN)/mypy
 
 unit: setup
 	$(BIN)/pytest -q -m "not integration" tests/unit
@@ -32,11 +38,11 @@ integration: setup
 	$(BIN)/pytest -q tests/integration
 
 test: lint
-	$(BIN)/pytest -q tests
+	$(BIN)/pytest -q --durations=20 tests
 
 bench: setup
 	$(BIN)/python benchmarks/generation.py
-	@for b in tokenize train; do test -f benchmarks/$$b.py && $(BIN)/python benchmarks/$$b.py || true; done
+	@for b in engine tokenize train; do test -f benchmarks/$$b.py && $(BIN)/python benchmarks/$$b.py || true; done
 
 clean:
 	rm -rf work build *.egg-info .pytest_cache .ruff_cache
