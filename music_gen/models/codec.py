@@ -44,7 +44,6 @@ import json
 import logging
 import math
 import pickle
-import re
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -59,6 +58,7 @@ from transformers import EncodecConfig, EncodecModel
 
 from music_gen.config import CodecConfig
 from music_gen.errors import AudioError, CheckpointError, ConfigError, MusicGenError, UsageError
+from music_gen.models.formats import looks_like_hub_id
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +73,8 @@ class Codec(Protocol):
 
     backend: str
     """``"transformers"`` or ``"encodec"``."""
+    model: nn.Module
+    """The wrapped network (its state dict is what ``save`` writes)."""
     sample_rate: int
     channels: int
     frame_rate: float
@@ -292,6 +294,16 @@ class TransformersCodec(nn.Module):
         return _save(directory, self.spec(), self.model)
 
 
+def save_encodec(model: EncodecModel, directory: str | Path) -> Path:
+    """Save a transformers ``EncodecModel`` (one being trained, say) as our codec directory,
+    at its largest bandwidth: what ``TransformersCodec(model).save`` writes, without
+    freezing the model."""
+    config = json.loads(model.config.to_json_string(use_diff=False))
+    bandwidth = float(max(model.config.target_bandwidths))
+    spec = {"backend": TransformersCodec.backend, "bandwidth": bandwidth, "encodec_config": config}
+    return _save(directory, spec, model)
+
+
 def _random_transformers(cfg: CodecConfig, seed: int) -> TransformersCodec:
     config = PRESETS[cfg.preset](cfg)
     with torch.random.fork_rng(devices=[]):
@@ -458,8 +470,6 @@ FROM_SPEC: dict[str, Callable[[dict], Codec]] = {
     "encodec": _encodec_from_spec,
 }
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-
 
 def build_codec(cfg: CodecConfig, seed: int = 0) -> Codec:
     """The codec a config asks for: ``cfg.source`` loaded, or random weights from the preset.
@@ -470,9 +480,26 @@ def build_codec(cfg: CodecConfig, seed: int = 0) -> Codec:
     """
     if cfg.source is not None:
         if cfg.backend == "encodec":
-            return load_codec(cfg.source, sample_rate=cfg.sample_rate, bandwidth=cfg.bandwidth)
-        return load_codec(cfg.source)
-    return BACKENDS[cfg.backend](cfg, seed)
+            codec = load_codec(cfg.source, sample_rate=cfg.sample_rate, bandwidth=cfg.bandwidth)
+        else:
+            codec = load_codec(cfg.source)
+    else:
+        codec = BACKENDS[cfg.backend](cfg, seed)
+    return _with_channels(codec, cfg.channels)
+
+
+def _with_channels(codec: Codec, channels: int) -> Codec:
+    """The codec as ``channels`` asks: a mono one wrapped as interleaved stereo for 2."""
+    from music_gen.models.stereo import StereoCodec
+
+    if channels == 1 or isinstance(codec, StereoCodec):
+        return codec
+    if codec.channels != 1:
+        raise ConfigError(
+            f"codec.channels=2 interleaves a mono codec; this codec already has "
+            f"{codec.channels} channels (leave codec.channels at 1)"
+        )
+    return StereoCodec(codec)
 
 
 def load_codec(
@@ -499,7 +526,7 @@ def load_codec(
         )
     if path.exists():
         raise CheckpointError(f"{path}: a codec source must be a directory or a hub id, not a file")
-    if _HUB_ID.match(str(src)):
+    if looks_like_hub_id(str(src)):
         return _load_transformers_hub(str(src), bandwidth)
     raise CheckpointError(f"codec directory not found: {path}")
 
@@ -543,7 +570,9 @@ def _load_our_dir(path: Path) -> Codec:
         raise CheckpointError(
             f"{path / WEIGHTS}: weights do not match {path / CODEC_JSON}"
         ) from None
-    return codec
+    from music_gen.models.stereo import INTERLEAVED_KEY
+
+    return _with_channels(codec, int(spec.get(INTERLEAVED_KEY, 1)))
 
 
 # Errors transformers' from_pretrained raises for a checkpoint it cannot use.
@@ -678,10 +707,13 @@ def calibrate_codec(
     go into the quantizer's own buffers, so ``encode``/``decode`` use them. The codec
     is changed in place and returned. Deterministic for a seed (on CPU).
     """
+    from music_gen.models.stereo import interleaved_channels
+
     generator = torch.Generator().manual_seed(seed)
     residual = _sample_latents(codec, audio_batches, max_vectors, generator)  # [N, D]
     embeds, counts = [], []
-    for _ in range(codec.num_codebooks):
+    # A stereo codec's channels share the mono codec's codebooks (one set per level).
+    for _ in range(codec.num_codebooks // interleaved_channels(codec)):
         centroids, sizes = kmeans(
             residual, codec.cardinality, iters, generator
         )  # [card, D], [card]
@@ -771,12 +803,15 @@ def _calibration_clips(sample_rate: int, seed: int) -> Tensor:
     return torch.stack(clips)[:, None]  # [N, 1, S]
 
 
-def tiny_calibrated_codec(seed: int = 0, num_codebooks: int = 4, cardinality: int = 256) -> Codec:
+def tiny_calibrated_codec(
+    seed: int = 0, num_codebooks: int = 4, cardinality: int = 256, channels: int = 1
+) -> Codec:
     """The offline codec: a random ``tiny`` codec (16 kHz, 50 Hz) whose codebooks are
-    calibrated on synthetic sounds. Deterministic for a seed; takes well under a second."""
+    calibrated on synthetic sounds. Deterministic for a seed; takes well under a second.
+    ``channels=2`` is its stereo form (``num_codebooks`` per channel, interleaved)."""
     cfg = CodecConfig(
         backend="transformers", preset="tiny", num_codebooks=num_codebooks, cardinality=cardinality
     )
     codec = build_codec(cfg, seed=seed)
     clips = _calibration_clips(codec.sample_rate, seed)  # [N, 1, S]
-    return calibrate_codec(codec, clips.split(8), seed=seed)
+    return _with_channels(calibrate_codec(codec, clips.split(8), seed=seed), channels)

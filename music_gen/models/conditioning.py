@@ -6,36 +6,28 @@ tempo, instrument). The *null condition* used by classifier-free guidance and by
 condition dropout is all-zero memory with an all-False mask: the cross-attention
 then contributes exactly nothing, as in MusicGen.
 
-Attribute values need no vocabulary file: a string is hashed (crc32, stable
-across processes) into a bucket of its attribute's table; tempo is bucketed
-by BPM. Bucket 0 means "not given".
+Melody (MusicGen-Melody models, ``melody`` settings given): a one-hot chromagram
+``[B, T, 12]`` (``models/melody.py``) is projected to the model's width, looped or cut
+to ``chroma_length`` frames and put *before* the text states; such models attend to
+the whole condition as a prefix (no mask). Their null condition is not all zeros:
+the chroma part is the projection of pitch class 0 (what MusicGen-Melody uses for "no
+melody"), the text part zeros. ``null_condition`` builds the right one for each.
+
+Attribute values need no vocabulary file: ``models/attributes.py`` hashes each
+into a bucket of its attribute's table (bucket 0 means "not given").
 """
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
-ATTRIBUTE_BUCKETS = 256
-BPM_RANGE = (40.0, 240.0)
-
-
-def attribute_bucket(name: str, value) -> int:
-    """Map one attribute value to a bucket in ``[0, ATTRIBUTE_BUCKETS)``; 0 is "missing"."""
-    if value is None or value == "" or value == []:
-        return 0
-    if name == "bpm":
-        lo, hi = BPM_RANGE
-        bpm = min(max(float(value), lo), hi)
-        return 1 + int((bpm - lo) / (hi - lo) * (ATTRIBUTE_BUCKETS - 2))
-    if isinstance(value, list | tuple):  # several moods: the first one names the row
-        value = value[0]
-    text = str(value).strip().lower()
-    return 1 + zlib.crc32(text.encode()) % (ATTRIBUTE_BUCKETS - 1)
+from music_gen.errors import UsageError
+from music_gen.models.attributes import BUCKETS, attribute_bucket
+from music_gen.models.melody import ChromaSettings, loop_frames
 
 
 def random_t5(dim: int, num_layers: int, num_heads: int):
@@ -89,6 +81,7 @@ class Conditioner(nn.Module):
         max_length: int = 64,
         freeze: bool = True,
         project: bool = True,
+        melody: dict | None = None,
     ):
         super().__init__()
         self.encoder = encoder
@@ -100,8 +93,14 @@ class Conditioner(nn.Module):
         # MusicGen projects only when the widths differ; keep that rule for checkpoint import.
         self.proj = nn.Linear(encoder_dim, dim) if project else nn.Identity()
         self.attribute_tables = nn.ModuleDict(
-            {name: nn.Embedding(ATTRIBUTE_BUCKETS, dim) for name in self.attributes}
+            {name: nn.Embedding(BUCKETS, dim) for name in self.attributes}
         )
+        # Melody: ChromaSettings as a dict (it is saved in the checkpoint's JSON as is).
+        self.melody = ChromaSettings(**melody) if melody is not None else None
+        self.melody_proj: nn.Module | None = None
+        if self.melody is not None:
+            chroma = self.melody.num_chroma  # MusicGen-Melody projects only if widths differ
+            self.melody_proj = nn.Linear(chroma, dim) if chroma != dim else nn.Identity()
         if freeze:
             self.encoder.requires_grad_(False)
             self.encoder.eval()
@@ -156,13 +155,64 @@ class Conditioner(nn.Module):
         )  # [B, A, D]
         return tokens, ids > 0
 
+    def melody_states(self, chroma: torch.Tensor | None, batch: int) -> torch.Tensor:
+        """Chroma ``[B, T, 12]`` (None: no melody) -> ``[B, chroma_length, D]`` states."""
+        assert self.melody is not None and self.melody_proj is not None
+        if chroma is None:
+            chroma = self.null_chroma(batch)
+        chroma = loop_frames(chroma.to(self.device), self.melody.chroma_length)
+        return self.melody_proj(chroma.to(self._dtype))  # [B, chroma_length, D]
+
+    def null_chroma(self, batch: int) -> torch.Tensor:
+        """MusicGen-Melody's "no melody": one frame of pitch class 0, ``[B, 1, 12]``."""
+        assert self.melody is not None
+        chroma = torch.zeros(batch, 1, self.melody.num_chroma, device=self.device)
+        chroma[..., 0] = 1
+        return chroma
+
+    @property
+    def _dtype(self) -> torch.dtype:
+        module = self.melody_proj if isinstance(self.melody_proj, nn.Linear) else self.encoder
+        return next(module.parameters()).dtype
+
+    def null_condition(self, memory: torch.Tensor, mask: torch.Tensor):
+        """Append the null condition below the batch for classifier-free guidance."""
+        if self.melody is None:
+            return with_null_condition(memory, mask)
+        null = torch.zeros_like(memory)  # [B, Lc + L, D]
+        length = self.melody.chroma_length
+        null[:, :length] = self.melody_states(None, memory.shape[0]).to(memory.dtype)
+        return torch.cat([memory, null]), torch.cat([mask, mask])
+
     def forward(
         self,
         texts: Sequence[str],
         attributes: Sequence[dict] | None = None,
         drop: torch.Tensor | None = None,
+        melody: torch.Tensor | None = None,
+        melody_drop: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Memory and mask for a batch; rows where ``drop`` [B] is True get the null condition."""
+        """Memory and mask for a batch; rows where ``drop`` [B] is True get the null condition.
+
+        Melody models take ``melody`` chroma ``[B, T, 12]`` (None: no melody); ``drop``
+        drops text and melody of a row, ``melody_drop`` [B] the melody alone.
+        """
+        memory, mask = self._text_condition(texts, attributes, drop)
+        if self.melody is None:
+            if melody is not None:
+                raise UsageError("this model has no melody conditioner: it cannot take a melody")
+            return memory, mask
+        batch = len(texts)
+        states = self.melody_states(melody, batch)  # [B, Lc, D]
+        for rows in (drop, melody_drop):
+            if rows is not None:  # dropped rows hear "no melody"
+                null = self.melody_states(None, batch)
+                states = torch.where(rows.to(self.device)[:, None, None], null, states)
+        memory = torch.cat([states.to(memory.dtype), memory], dim=1)  # [B, Lc + L, D]
+        # The whole prefix is attended (text padding is zero vectors), as in MusicGen-Melody.
+        return memory, torch.ones(memory.shape[:2], dtype=torch.bool, device=memory.device)
+
+    def _text_condition(self, texts, attributes, drop):
         input_ids, attention_mask = self.tokenize(texts)
         memory = self.encode_tokens(input_ids, attention_mask)  # [B, L, D]
         mask = attention_mask.bool()  # [B, L]

@@ -14,31 +14,28 @@ and its codes become the prefix (continuation).
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm import tqdm
 
-from music_gen.errors import CheckpointError, UsageError
-from music_gen.models import sampling
+from music_gen.errors import CheckpointError, ConfigError, UsageError
+from music_gen.models import formats, sampling
 from music_gen.models.conditioning import (
     Conditioner,
     byte_tokenizer,
     load_text_encoder,
     random_t5,
-    with_null_condition,
 )
 from music_gen.models.lm import LM, PRESETS, LMConfig
 from music_gen.models.patterns import build_delay, revert_delay, valid_mask
+from music_gen.models.stereo import interleaved_channels
 
-FORMAT_FILE = "music_gen.json"
-WEIGHTS_FILE = "model.safetensors"
-FORMAT_VERSION = 1
 MAX_DURATION = 600.0  # seconds; beyond this a request is a mistake, not a song
 PROGRESS_MIN_STEPS = 100  # a bar only for generations that take more than a moment
 
@@ -47,6 +44,14 @@ class MusicGen:
     """A language model, its conditioner and its codec, loaded together."""
 
     def __init__(self, lm: LM, conditioner: Conditioner, codec, max_frames: int | None = None):
+        codec_channels = interleaved_channels(codec)
+        if codec_channels != lm.cfg.audio_channels:
+            kinds = {1: "mono", 2: "stereo (interleaved channels)"}
+            raise CheckpointError(
+                f"codec/model mismatch: the model is {kinds[lm.cfg.audio_channels]} with "
+                f"{lm.cfg.num_codebooks} codebooks, its codec is {kinds[codec_channels]} "
+                f"(a stereo model needs a stereo codec: codec.channels=2)"
+            )
         if (codec.num_codebooks, codec.cardinality) != (lm.cfg.num_codebooks, lm.cfg.cardinality):
             raise CheckpointError(
                 f"codec/model mismatch: the codec has {codec.num_codebooks} codebooks of "
@@ -106,25 +111,28 @@ class MusicGen:
             max_length=text.max_length,
             freeze=text.freeze,
         )
-        return cls(LM(lm_cfg), conditioner, codec, max_frames=model_cfg.max_frames)
+        try:
+            lm = LM(lm_cfg)
+        except ValueError as exc:  # sizes that do not fit together (e.g. heads vs width)
+            raise ConfigError(f"model: {exc}") from None
+        return cls(lm, conditioner, codec, max_frames=model_cfg.max_frames)
 
     @classmethod
     def from_pretrained(cls, src: str | Path, device=None) -> MusicGen:
         """Our checkpoint dir, a transformers MusicGen dir or hub id, or ``models:/NAME@ALIAS``."""
-        text = str(src)
-        if text.startswith(("models:/", "runs:/")):
+        kind = formats.source_kind(src)
+        if kind == "mlflow":
             from music_gen.platform.registry import download_model  # the MLflow edge
 
-            src = download_model(text)
-        path = Path(src)
-        if (path / FORMAT_FILE).is_file():
-            model = cls._load_ours(path)
-        elif (path / "config.json").is_file() or _looks_like_hub_id(text, path):
+            src, kind = download_model(str(src)), "ours"
+        if kind == "ours":
+            model = cls._load_ours(Path(src).expanduser())
+        elif kind in ("transformers", "hub"):
             from music_gen.models.hf import load_transformers_musicgen
 
-            lm, conditioner, codec, max_frames = load_transformers_musicgen(text)
+            lm, conditioner, codec, max_frames = load_transformers_musicgen(str(src))
             model = cls(lm, conditioner, codec, max_frames=max_frames)
-        elif path.exists():
+        elif kind == "unknown":
             raise CheckpointError(f"'{src}' is not a music-gen or transformers MusicGen checkpoint")
         else:
             raise CheckpointError(f"checkpoint not found: '{src}'")
@@ -134,51 +142,64 @@ class MusicGen:
     def _load_ours(cls, path: Path) -> MusicGen:
         from music_gen.models.codec import load_codec
 
-        meta = _read_json(path / FORMAT_FILE)
+        meta = formats.read_meta(path)
         try:
             lm_cfg = LMConfig(**meta["lm"])
-            cond_meta = meta["conditioner"]
-            encoder, tokenizer = load_text_encoder(path / "text_encoder")
+            cond_meta = dict(meta["conditioner"])
+            max_frames = meta.get("max_frames")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path / formats.FORMAT_FILE}: malformed ({exc})") from None
+        weights = formats.read_weights(path / formats.WEIGHTS_FILE)  # fail before the big loads
+        encoder, tokenizer = load_text_encoder(path / formats.TEXT_ENCODER_DIR)
+        try:
             conditioner = Conditioner(encoder, tokenizer, lm_cfg.dim, **cond_meta)
-        except (KeyError, TypeError) as exc:
-            raise CheckpointError(f"{path / FORMAT_FILE}: malformed ({exc})") from None
-        lm = LM(lm_cfg)
-        _load_weights(path / WEIGHTS_FILE, {"lm": lm, "cond": conditioner})
-        return cls(lm, conditioner, load_codec(path / "codec"), max_frames=meta.get("max_frames"))
+            lm = LM(lm_cfg)
+        except (TypeError, ValueError, AssertionError, RuntimeError) as exc:
+            raise CheckpointError(f"{path / formats.FORMAT_FILE}: malformed ({exc})") from None
+        formats.load_weights(path / formats.WEIGHTS_FILE, {"lm": lm, "cond": conditioner}, weights)
+        codec = load_codec(path / formats.CODEC_DIR)
+        return cls(lm, conditioner, codec, max_frames=max_frames)
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write safetensors weights, a JSON config, the text encoder and the codec."""
+    def save_pretrained(
+        self, directory: str | Path, weights: dict[str, torch.Tensor] | None = None
+    ) -> Path:
+        """Write safetensors weights, a JSON config, the text encoder and the codec.
+
+        ``weights`` (named as ``state_dict``'s) replace the live modules' own: training
+        passes the gathered weights of a sharded model, or the EMA.
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         cond = self.conditioner
         meta = {
             "format": "music-gen",
-            "version": FORMAT_VERSION,
+            "version": formats.FORMAT_VERSION,
             "lm": asdict(self.lm.cfg),
             "conditioner": {
                 "attributes": cond.attributes,
                 "max_length": cond.max_length,
                 "freeze": cond.freeze,
                 "project": isinstance(cond.proj, torch.nn.Linear),
+                "melody": None if cond.melody is None else cond.melody.to_dict(),
             },
             "max_frames": self.max_frames,
             "sample_rate": self.sample_rate,
             "frame_rate": self.frame_rate,
         }
-        save_file(self.state_dict(), str(directory / WEIGHTS_FILE))
-        cond.encoder.save_pretrained(directory / "text_encoder")
-        cond.tokenizer.save_pretrained(directory / "text_encoder")
-        self.codec.save(directory / "codec")
-        (directory / FORMAT_FILE).write_text(json.dumps(meta, indent=2))
+        weights = self.state_dict() if weights is None else weights
+        save_file(_contiguous(weights), str(directory / formats.WEIGHTS_FILE))
+        cond.encoder.save_pretrained(directory / formats.TEXT_ENCODER_DIR)
+        cond.tokenizer.save_pretrained(directory / formats.TEXT_ENCODER_DIR)
+        self.codec.save(directory / formats.CODEC_DIR)
+        (directory / formats.FORMAT_FILE).write_text(json.dumps(meta, indent=2))
         return directory
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """LM and conditioner weights (the text encoder is saved in its own format)."""
-        weights = {f"lm.{k}": v for k, v in self.lm.state_dict().items()}
-        for key, value in self.conditioner.state_dict().items():
-            if not key.startswith("encoder."):
-                weights[f"cond.{key}"] = value
-        return {k: v.detach().contiguous().cpu() for k, v in weights.items()}
+        weights = formats.join_weights(
+            {"lm": self.lm.state_dict(), "cond": self.conditioner.state_dict()}
+        )
+        return _contiguous(weights)
 
     # -- generation ------------------------------------------------------------------
 
@@ -195,11 +216,20 @@ class MusicGen:
         attributes: Sequence[dict] | None = None,
         prompt_codes: torch.Tensor | None = None,
         progress: bool = False,
+        melody: torch.Tensor | Sequence[torch.Tensor] | None = None,
+        melody_sample_rate: int | None = None,
     ) -> torch.Tensor:
-        """Codes ``[B, K, T]`` for ``duration`` seconds (including any prompt)."""
+        """Codes ``[B, K, T]`` for ``duration`` seconds (including any prompt).
+
+        ``melody`` (models with a melody conditioner): audio ``[S]``, ``[C, S]`` (for every
+        prompt), ``[B, C, S]`` or a list of ``[C, S]``, at ``melody_sample_rate`` (default
+        the model's); cut to ``duration``, shorter ones looped (``models/melody.py``).
+        Guidance drops text and melody together.
+        """
         prompts = check_prompts(prompts)
         batch = len(prompts)
         frames = self.frames_for(duration)
+        chroma = self._melody_chroma(melody, melody_sample_rate, batch, duration)
         settings = {
             "temperature": _per_row(temperature, batch, torch.float32, "temperature", 0.0),
             "top_k": _per_row(top_k, batch, torch.long, "top_k", 0),
@@ -214,11 +244,31 @@ class MusicGen:
         )
         if prompt_codes is not None:
             prompt_codes = self._check_prompt_codes(prompt_codes, batch, frames)
-        memory, mask = self.conditioner(prompts, attributes)
+        memory, mask = self.conditioner(prompts, attributes, melody=chroma)
         if bool((scale != 1).any()):
-            memory, mask = with_null_condition(memory, mask)
-        run = _Run(self, memory, mask, scale.to(self.device), settings, _generators(seed, batch))
+            memory, mask = self.conditioner.null_condition(memory, mask)
+        generators = _generators(seed, batch, self.device)
+        run = _Run(self, memory, mask, scale.to(self.device), settings, generators)
         return run.generate(frames, prompt_codes, progress or None)
+
+    @property
+    def has_melody(self) -> bool:
+        """Whether the model takes a melody (a chroma conditioner, as MusicGen-Melody)."""
+        return self.conditioner.melody is not None
+
+    def _melody_chroma(self, melody, sample_rate, batch: int, duration: float):
+        if melody is None:
+            return None
+        settings = self.conditioner.melody
+        if settings is None:
+            raise UsageError(
+                "this model has no melody conditioner: --melody / melody= needs a "
+                "MusicGen-Melody style model"
+            )
+        from music_gen.models.melody import melody_chroma
+
+        rate = self.sample_rate if sample_rate is None else sample_rate
+        return melody_chroma(melody, rate, batch, duration, settings)  # [B, T, 12]
 
     @torch.inference_mode()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
@@ -294,20 +344,21 @@ class _Run:
         """Codes ``[B, K, frames]``, the first ``prefix.shape[-1]`` of them given."""
         lm = self.model.lm
         batch, codebooks, special = self.scale.shape[0], lm.cfg.num_codebooks, lm.cfg.special_token
-        steps = frames + codebooks - 1
+        channels = lm.cfg.audio_channels
+        steps = frames + lm.cfg.num_levels - 1
         device = self.model.device
         # seq[:, :, 0] is the start token; seq[:, :, s + 1] holds delayed step s.
         seq = torch.full((batch, codebooks, steps + 1), special, dtype=torch.long, device=device)
         known = torch.zeros_like(seq, dtype=torch.bool)
         fed = 1
         if prefix is not None:
-            delayed = build_delay(prefix, special)  # [B, K, Tp + K - 1]
+            delayed = build_delay(prefix, special, channels)  # [B, K, Tp + K/channels - 1]
             seq[:, :, 1 : delayed.shape[-1] + 1] = delayed
             known[:, :, 1 : delayed.shape[-1] + 1] = valid_mask(
-                codebooks, delayed.shape[-1], device
+                codebooks, delayed.shape[-1], device, channels
             )
             fed = prefix.shape[-1] + 1  # steps before Tp are complete: feed them at once
-        pattern = valid_mask(codebooks, steps, device)  # [K, steps]
+        pattern = valid_mask(codebooks, steps, device, channels)  # [K, steps]
 
         state = lm.start(self.memory, self.mask, max_steps=steps)
         logits = lm.step(self._double(seq[:, :, :fed]), state)[:, :, -1]  # [B', K, card]
@@ -328,7 +379,7 @@ class _Run:
             if pos < steps:
                 logits = lm.step(self._double(codes[..., None]), state)[:, :, -1]
         bar.close()
-        return revert_delay(seq[:, :, 1:])  # [B, K, frames]
+        return revert_delay(seq[:, :, 1:], channels)  # [B, K, frames]
 
     def _double(self, codes: torch.Tensor) -> torch.Tensor:
         return torch.cat([codes, codes]) if self.guided else codes
@@ -362,8 +413,31 @@ def lm_config_from(model_cfg, codec) -> LMConfig:
         cardinality=cardinality,
         max_positions=model_cfg.max_frames + num_codebooks,
         gradient_checkpointing=model_cfg.gradient_checkpointing,
+        audio_channels=interleaved_channels(codec),
         **overrides,
     )
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    """``requested`` (``cpu``, ``cuda``, ``cuda:1``, ``mps``) if this machine has it, else a
+    ``UsageError``; ``None`` is the first GPU when there is one, else the CPU."""
+    if requested is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"unknown device '{requested}' (cpu, cuda, cuda:N, mps)") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise UsageError(f"device '{requested}': this machine has no CUDA GPU (use cpu)")
+        if device.index is not None and device.index >= count:
+            raise UsageError(f"device '{requested}': this machine has {count} CUDA GPU(s)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"device '{requested}': MPS is not available here (use cpu)")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"unsupported device '{requested}' (cpu, cuda, cuda:N, mps)")
+    return device
 
 
 def check_prompts(prompts: str | Sequence[str]) -> list[str]:
@@ -383,50 +457,36 @@ def _per_row(value, batch: int, dtype, name: str, low: float, high: float | None
     if len(values) != batch:
         raise UsageError(f"{name}: {len(values)} values for {batch} prompts")
     for item in values:
-        if not isinstance(item, int | float) or item < low or (high is not None and item > high):
+        number = isinstance(item, int | float) and not isinstance(item, bool)
+        if (
+            not number
+            or not math.isfinite(item)
+            or item < low
+            or (high is not None and item > high)
+        ):
             bounds = f"[{low:g}, {high:g}]" if high is not None else f">= {low:g}"
             raise UsageError(f"{name} must be {bounds}, got {item!r}")
     return torch.tensor(values, dtype=dtype)
 
 
-def _generators(seed, batch: int):
-    """None (global RNG), one generator for the batch, or one per row."""
+def _generators(seed, batch: int, device: torch.device):
+    """None (global RNG), one generator for the batch, or one per row.
+
+    Generators live on the device of the logits they draw for (``torch.multinomial`` on
+    CUDA refuses a CPU generator). A row's seed gives the same draws whatever else is in
+    the batch, since each row draws from its own generator.
+    """
     if seed is None:
         return None
     if isinstance(seed, int):
-        return torch.Generator().manual_seed(seed)
+        return torch.Generator(device=device).manual_seed(seed)
     seeds = list(seed)
     if len(seeds) != batch:
         raise UsageError(f"seed: {len(seeds)} values for {batch} prompts")
-    return [None if s is None else torch.Generator().manual_seed(int(s)) for s in seeds]
+    return [
+        None if s is None else torch.Generator(device=device).manual_seed(int(s)) for s in seeds
+    ]
 
 
-def _looks_like_hub_id(text: str, path: Path) -> bool:
-    return not path.exists() and text.count("/") == 1 and not text.startswith((".", "/", "~"))
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"cannot read {path}: {exc}") from None
-
-
-def _load_weights(path: Path, modules: dict[str, torch.nn.Module]) -> None:
-    """Load ``prefix.name`` tensors into each module; every module key must be present."""
-    if not path.is_file():
-        raise CheckpointError(f"weights missing: {path}")
-    try:
-        weights = load_file(str(path))
-    except (SafetensorError, OSError) as exc:
-        raise CheckpointError(f"corrupt weights file {path}: {exc}") from None
-    for prefix, module in modules.items():
-        part = {k[len(prefix) + 1 :]: v for k, v in weights.items() if k.startswith(prefix + ".")}
-        expected = {k for k in module.state_dict() if not k.startswith("encoder.")}
-        missing = expected - part.keys()
-        if missing:
-            raise CheckpointError(f"{path}: missing weights {sorted(missing)[:3]}")
-        try:
-            module.load_state_dict(part, strict=False)
-        except RuntimeError as exc:
-            raise CheckpointError(f"{path}: weights do not fit the config ({exc})") from None
+def _contiguous(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in weights.items()}

@@ -11,6 +11,12 @@ Layout, as in MusicGen:
   conditioning memory and a GELU feed-forward; no biases in linear layers;
 - one output head per codebook over ``cardinality`` codes.
 
+Two variants follow MusicGen's checkpoints: stereo models (``audio_channels=2``) have
+interleaved left/right codebooks (``patterns.py``), nothing else changes here; melody
+models (``cross_attention=False``, MusicGen-Melody) have no cross-attention: the
+condition is prepended to the token sequence as a prefix that self-attention sees
+(``start`` runs it through the blocks once, into the key/value cache).
+
 For speed the K tables live in one ``nn.Embedding`` (codebook k's rows start at
 ``k * (cardinality + 1)``) and the K heads in one ``nn.Linear``; q/k/v are one
 matrix. Each is one kernel per step instead of K or 3.
@@ -45,6 +51,17 @@ class LMConfig:
     """Positions precomputed for the sinusoidal table (grown on demand)."""
     gradient_checkpointing: bool = False
     """Recompute block activations in the backward pass."""
+    audio_channels: int = 1
+    """Channels as interleaved codebooks: 2 for stereo MusicGen (codebook ``k`` is level
+    ``k // 2`` of channel ``k % 2``); ``num_codebooks`` counts both channels."""
+    cross_attention: bool = True
+    """False: the condition is a prefix of the self-attention sequence (MusicGen-Melody),
+    attended in full (its padding rows are zero vectors, as there)."""
+
+    @property
+    def num_levels(self) -> int:
+        """Codebook levels, i.e. distinct delays of the pattern: ``K / audio_channels``."""
+        return self.num_codebooks // self.audio_channels
 
     @property
     def special_token(self) -> int:
@@ -143,15 +160,18 @@ class Block(nn.Module):
         super().__init__()
         self.norm_self = nn.LayerNorm(cfg.dim)
         self.self_attn = SelfAttention(cfg.dim, cfg.num_heads)
-        self.norm_cross = nn.LayerNorm(cfg.dim)
-        self.cross_attn = CrossAttention(cfg.dim, cfg.num_heads)
+        self.cross_attn: CrossAttention | None = None
+        if cfg.cross_attention:
+            self.norm_cross = nn.LayerNorm(cfg.dim)
+            self.cross_attn = CrossAttention(cfg.dim, cfg.num_heads)
         self.norm_ffn = nn.LayerNorm(cfg.dim)
         self.fc1 = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
         self.fc2 = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)
 
     def forward(self, x, memory_kv, memory_bias, cache: LayerCache | None = None):
         x = x + self.self_attn(self.norm_self(x), cache)
-        x = x + self.cross_attn(self.norm_cross(x), memory_kv, memory_bias)
+        if self.cross_attn is not None:
+            x = x + self.cross_attn(self.norm_cross(x), memory_kv, memory_bias)
         return x + self.fc2(F.gelu(self.fc1(self.norm_ffn(x))))
 
 
@@ -196,16 +216,23 @@ class DecodeState:
     """Everything incremental decoding keeps between steps."""
 
     caches: list[LayerCache]
-    memory_kv: list[tuple[torch.Tensor, torch.Tensor]]
-    memory_bias: torch.Tensor
+    memory_kv: list[tuple[torch.Tensor, torch.Tensor] | None]  # None without cross-attention
+    memory_bias: torch.Tensor | None
     position: int = 0
 
 
 class LM(nn.Module):
+    codebook_offsets: torch.Tensor  # [K] buffer
+    positions: torch.Tensor  # [max_positions, D] buffer
+
     def __init__(self, cfg: LMConfig):
         super().__init__()
         if cfg.dim % cfg.num_heads:
             raise ValueError(f"dim {cfg.dim} is not divisible by {cfg.num_heads} heads")
+        if cfg.audio_channels not in (1, 2) or cfg.num_codebooks % cfg.audio_channels:
+            raise ValueError(
+                f"{cfg.num_codebooks} codebooks do not split into {cfg.audio_channels} channels"
+            )
         self.cfg = cfg
         vocab = cfg.cardinality + 1  # + the special token
         self.embed = nn.Embedding(cfg.num_codebooks * vocab, cfg.dim)
@@ -227,9 +254,12 @@ class LM(nn.Module):
         ids = codes + self.codebook_offsets[None, :, None]  # [B, K, S]
         x = self.embed(ids).sum(dim=1)  # [B, S, D]
         end = start + codes.shape[-1]
+        self._table(end)
+        return x + self.positions[start:end].to(x.dtype)
+
+    def _table(self, end: int) -> None:
         if end > self.positions.shape[0]:  # grow the table for long generations
             self.positions = sinusoidal_table(2 * end, self.cfg.dim).to(self.positions)
-        return x + self.positions[start:end].to(x.dtype)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, S, D]`` -> ``[B, K, S, card]``."""
@@ -247,15 +277,18 @@ class LM(nn.Module):
 
         Position s of the output predicts step s + 1 of the input (the caller shifts).
         """
-        x = self._embed(codes, start=0)  # [B, S, D]
+        prefix = 0 if self.cfg.cross_attention else memory.shape[1]
+        x = self._embed(codes, start=prefix)  # [B, S, D]
+        if prefix:  # MusicGen-Melody: the condition leads the sequence, positions from 0
+            x = torch.cat([memory + self.positions[:prefix].to(memory.dtype), x], dim=1)
         bias = memory_bias(memory_mask, x.dtype)
         for block in self.blocks:
-            memory_kv = block.cross_attn.memory_kv(memory)
+            memory_kv = block.cross_attn.memory_kv(memory) if block.cross_attn else None
             if self.cfg.gradient_checkpointing and self.training:
                 x = checkpoint(block, x, memory_kv, bias, use_reentrant=False)
             else:
                 x = block(x, memory_kv, bias)
-        return self._logits(x)
+        return self._logits(x[:, prefix:])
 
     # -- incremental decoding ------------------------------------------------------
 
@@ -263,12 +296,26 @@ class LM(nn.Module):
         """Compute cross-attention keys/values once and allocate the self-attention cache."""
         cfg = self.cfg
         batch = memory.shape[0]
+        prefix = 0 if cfg.cross_attention else memory.shape[1]
         caches = [
-            LayerCache(batch, cfg.num_heads, max_steps, cfg.head_dim, memory.dtype, memory.device)
+            LayerCache(
+                batch, cfg.num_heads, prefix + max_steps, cfg.head_dim, memory.dtype, memory.device
+            )
             for _ in self.blocks
         ]
-        memory_kv = [block.cross_attn.memory_kv(memory) for block in self.blocks]
-        return DecodeState(caches, memory_kv, memory_bias(memory_mask, memory.dtype))
+        if cfg.cross_attention:
+            memory_kv = [
+                block.cross_attn.memory_kv(memory) if block.cross_attn else None
+                for block in self.blocks
+            ]
+            return DecodeState(caches, memory_kv, memory_bias(memory_mask, memory.dtype))
+        state = DecodeState(caches, [None] * len(self.blocks), None)
+        self._table(prefix)
+        x = memory + self.positions[:prefix].to(memory.dtype)  # [B, Lc, D]
+        for block, cache in zip(self.blocks, caches, strict=True):
+            x = block(x, None, None, cache)  # only the cache is kept: the prefix predicts nothing
+        state.position = prefix
+        return state
 
     def step(self, codes: torch.Tensor, state: DecodeState) -> torch.Tensor:
         """Feed ``codes [B, K, S_new]`` (one step, or a prompt prefill); logits for the new steps."""

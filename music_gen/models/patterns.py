@@ -17,6 +17,15 @@ Worked example, K = 3 codebooks, T = 4 frames, ``_`` the special token::
 The model reads step s-1 and predicts step s (step -1 is all special tokens,
 the start token). ``revert_delay`` undoes the shift; ``valid_mask`` marks which
 slots of the delayed sequence hold real codes, so the loss skips the ``_``.
+
+Stereo (``channels=2``, as transformers' stereo MusicGen): the left and right
+codebooks of each level are interleaved, ``k = 2 * level + channel``, and both
+channels of a level share its delay, ``k // channels``. With 2 levels::
+
+    k0 (L0): a0 a1 a2 _        k1 (R0): b0 b1 b2 _
+    k2 (L1): _  c0 c1 c2       k3 (R1): _  d0 d1 d2
+
+so the sequence is ``T + K / channels - 1`` steps long.
 """
 
 from __future__ import annotations
@@ -24,34 +33,48 @@ from __future__ import annotations
 import torch
 
 
-def delayed_length(num_frames: int, num_codebooks: int) -> int:
+def num_levels(num_codebooks: int, channels: int = 1) -> int:
+    """Codebook levels (distinct delays): ``K / channels``."""
+    if channels < 1 or num_codebooks % channels:
+        raise ValueError(f"{num_codebooks} codebooks do not split into {channels} channels")
+    return num_codebooks // channels
+
+
+def delayed_length(num_frames: int, num_codebooks: int, channels: int = 1) -> int:
     """Steps needed to hold ``num_frames`` frames of ``num_codebooks`` delayed codebooks."""
-    return num_frames + num_codebooks - 1
+    return num_frames + num_levels(num_codebooks, channels) - 1
 
 
-def valid_mask(num_codebooks: int, num_steps: int, device=None) -> torch.Tensor:
-    """``[K, S]`` bool: True where step s of codebook k holds a real code (s - k in [0, T))."""
-    num_frames = num_steps - num_codebooks + 1
+def valid_mask(num_codebooks: int, num_steps: int, device=None, channels: int = 1) -> torch.Tensor:
+    """``[K, S]`` bool: True where step s of codebook k holds a real code
+    (s - delay(k) in [0, T), delay(k) = k // channels)."""
+    num_frames = num_steps - num_levels(num_codebooks, channels) + 1
     steps = torch.arange(num_steps, device=device)  # [S]
-    shift = steps[None, :] - torch.arange(num_codebooks, device=device)[:, None]  # [K, S]
+    delays = torch.arange(num_codebooks, device=device) // channels  # [K]
+    shift = steps[None, :] - delays[:, None]  # [K, S]
     return (shift >= 0) & (shift < num_frames)
 
 
-def build_delay(codes: torch.Tensor, special: int) -> torch.Tensor:
-    """``[B, K, T]`` codes -> ``[B, K, T + K - 1]`` delayed sequence, ``special`` in empty slots."""
+def build_delay(codes: torch.Tensor, special: int, channels: int = 1) -> torch.Tensor:
+    """``[B, K, T]`` codes -> ``[B, K, T + K/channels - 1]`` delayed sequence, ``special`` in
+    empty slots."""
     batch, num_codebooks, num_frames = codes.shape
-    out = codes.new_full((batch, num_codebooks, delayed_length(num_frames, num_codebooks)), special)
+    steps = delayed_length(num_frames, num_codebooks, channels)
+    out = codes.new_full((batch, num_codebooks, steps), special)
     for k in range(num_codebooks):  # K is small (4 to 8); a loop reads clearer than a gather
-        out[:, k, k : k + num_frames] = codes[:, k]
+        delay = k // channels
+        out[:, k, delay : delay + num_frames] = codes[:, k]
     return out
 
 
-def revert_delay(delayed: torch.Tensor) -> torch.Tensor:
-    """``[B, K, S]`` delayed sequence -> ``[B, K, S - K + 1]`` codes (inverse of ``build_delay``)."""
+def revert_delay(delayed: torch.Tensor, channels: int = 1) -> torch.Tensor:
+    """``[B, K, S]`` delayed sequence -> ``[B, K, S - K/channels + 1]`` codes (inverse of
+    ``build_delay``)."""
     num_codebooks, num_steps = delayed.shape[1], delayed.shape[2]
-    num_frames = num_steps - num_codebooks + 1
+    num_frames = num_steps - num_levels(num_codebooks, channels) + 1
     if num_frames < 0:
         raise ValueError(f"{num_steps} steps cannot hold {num_codebooks} delayed codebooks")
     return torch.stack(
-        [delayed[:, k, k : k + num_frames] for k in range(num_codebooks)], dim=1
+        [delayed[:, k, k // channels : k // channels + num_frames] for k in range(num_codebooks)],
+        dim=1,
     )  # [B, K, T]

@@ -53,7 +53,10 @@ def sample(
     probs = values.softmax(dim=-1)  # [B, K, C]
     probs = _top_p_filter(probs, top_p)
 
-    drawn = _draw(probs, generators)  # [B, K] positions among the candidates
+    # Each row draws among its own candidates only: multinomial spends one random number
+    # per candidate, so a seeded row must not see how many the rest of the batch kept.
+    own = torch.where(top_p > 0, vocab, k)  # [B]
+    drawn = _draw(probs, generators, own)  # [B, K] positions among the candidates
     sampled = indices.gather(-1, drawn[..., None]).squeeze(-1)  # [B, K]
     return torch.where(greedy[:, None], choice, sampled)
 
@@ -69,13 +72,14 @@ def _top_p_filter(probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
     return probs / probs.sum(dim=-1, keepdim=True)
 
 
-def _draw(probs: torch.Tensor, generators) -> torch.Tensor:
+def _draw(probs: torch.Tensor, generators, own: torch.Tensor) -> torch.Tensor:
     batch, codebooks, candidates = probs.shape
     if generators is None or isinstance(generators, torch.Generator):
-        flat = torch.multinomial(probs.view(-1, candidates), 1, generator=generators)
+        flat = torch.multinomial(probs.reshape(-1, candidates), 1, generator=generators)
         return flat.view(batch, codebooks)
+    counts = own.clamp(max=candidates).tolist()
     rows = [
-        torch.multinomial(probs[row], 1, generator=gen).squeeze(-1)
+        torch.multinomial(probs[row, :, : counts[row]], 1, generator=gen).squeeze(-1)
         for row, gen in enumerate(generators)
     ]
     return torch.stack(rows)  # [B, K]

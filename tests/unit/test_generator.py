@@ -42,6 +42,41 @@ def test_per_row_seeds_do_not_depend_on_the_batch(model):
     assert torch.equal(batched[1], alone[0])
 
 
+def test_a_seeded_row_ignores_the_settings_of_its_neighbours(model):
+    # A server batches unrelated requests: another row's top-k or top-p must not change
+    # what a seeded row draws.
+    alone = model.generate_codes(["jazz"], duration=0.3, seed=[11], top_k=50)
+    for other in ({"top_k": [5, 50]}, {"top_k": [0, 50]}, {"top_p": [0.9, 0.0], "top_k": 50}):
+        batched = model.generate_codes(["rock", "jazz"], duration=0.3, seed=[3, 11], **other)
+        assert torch.equal(batched[1], alone[0]), other
+
+
+def test_generators_live_on_the_model_device(model, monkeypatch):
+    # torch.multinomial on CUDA refuses a CPU generator: each one must be made on the
+    # device of the model (and so of the logits it draws for).
+    from music_gen.models import generator as G
+
+    made = []
+    real = G._generators
+    monkeypatch.setattr(G, "_generators", lambda *a: made.append(real(*a)) or made[-1])
+    model.generate_codes(["jazz", "rock"], duration=0.1, seed=[1, None])
+    model.generate_codes(["jazz"], duration=0.1, seed=3)
+    gens = [g for g in [*made[0], made[1]] if g is not None]
+    assert len(gens) == 2 and all(g.device == model.device for g in gens)
+
+
+@pytest.mark.gpu
+def test_seeded_generation_on_cuda(model):
+    cuda = model.to("cuda")
+    try:
+        alone = cuda.generate_codes(["jazz"], duration=0.3, seed=[11])
+        batched = cuda.generate_codes(["rock", "jazz"], duration=0.3, seed=[3, 11])
+        again = cuda.generate_codes(["jazz"], duration=0.3, seed=11)
+        assert torch.equal(alone[0], batched[1]) and again.shape == alone.shape
+    finally:
+        model.to("cpu")
+
+
 def test_greedy_is_deterministic_without_seed(model):
     a = model.generate_codes(["jazz"], duration=0.3, top_k=1)
     b = model.generate_codes(["jazz"], duration=0.3, top_k=1, temperature=0.5)
@@ -109,6 +144,11 @@ def test_attributes_condition_the_model():
         ({"top_p": 1.5}, "top_p"),
         ({"temperature": -1}, "temperature"),
         ({"seed": [1, 2]}, "seed"),
+        ({"temperature": float("nan")}, "temperature"),
+        ({"top_p": float("nan")}, "top_p"),
+        ({"guidance_scale": float("inf")}, "guidance_scale"),
+        ({"top_k": True}, "top_k"),
+        ({"duration": float("nan")}, "duration"),
     ],
 )
 def test_bad_generation_arguments(model, kwargs, message):
