@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from music_gen.errors import ConfigError
+from music_gen.models.attributes import AttributeName
 
 
 class Strict(BaseModel):
@@ -59,13 +60,100 @@ class ModelConfig(Strict):
     """Codes per codebook (the special token is one more); ``None`` takes the codec's."""
     max_frames: int = Field(1500, gt=0)
     """Context length in codec frames (MusicGen: 1500 = 30 s at 50 Hz)."""
-    attributes: list[Literal["genre", "mood", "key", "bpm", "instrument"]] = []
+    attributes: list[AttributeName] = []
     """Attribute conditions appended as learned tokens to the cross-attention memory."""
     cond_dropout: float = Field(0.3, ge=0.0, le=1.0)
     """Probability of dropping all conditions while training (classifier-free guidance)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
     text: TextEncoderConfig = TextEncoderConfig()
+
+
+class CodecTrainConfig(Strict):
+    """`music-gen codec train`: the EnCodec architecture to train and how.
+
+    The trained codec has ``codec.num_codebooks`` codebooks of ``codec.cardinality``
+    codes; the fields here give the rest of its size and the run's settings.
+    """
+
+    sample_rate: int = Field(16000, ge=1000)
+    """Sample rate of the codec (audio is resampled to it as it is read)."""
+    channels: Literal[1, 2] = 1
+    """Audio channels the codec encodes (audio is mixed to them as it is read)."""
+    ratios: list[int] = [8, 5, 4, 2]
+    """Down-sampling ratios of the encoder (the decoder up-samples in reverse); their
+    product is the hop, which must divide ``sample_rate`` (16000 / 320 = 50 Hz)."""
+    num_filters: int = Field(8, gt=0)
+    """Channels of the first convolution (doubled at each down-sampling)."""
+    latent_dim: int = Field(32, gt=0)
+    """Width of the latents the residual quantizer sees (the codebook vectors)."""
+    lstm_layers: int = Field(1, ge=0)
+    """LSTM layers at the bottleneck of encoder and decoder."""
+    name: str = "codec"
+    """Run name; re-running with the same name and storage resumes from its last checkpoint."""
+    storage: str = "work/codec-runs"
+    """Where checkpoints live: ``<storage>/<name>/checkpoint_*``."""
+    steps: int = Field(2000, gt=0)
+    """Optimizer steps in all (a resumed run continues up to this number)."""
+    batch_size: int = Field(16, gt=0)
+    """Segments per worker and step."""
+    segment_seconds: float = Field(0.5, gt=0)
+    """Length of the training segments audio is cut into."""
+    stride_seconds: float | None = Field(0.25, gt=0)
+    """Hop between segment starts (overlapping segments are cheap augmentation);
+    ``None`` is the segment length."""
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    """Share of the files held out: validation SI-SNR and mel distance are measured on them."""
+    max_val_segments: int = Field(32, gt=0)
+    """Held-out segments scored at each checkpoint."""
+    lr: float = Field(1e-3, gt=0)
+    """Peak learning rate of Adam (warmup, then cosine as the LM's schedule)."""
+    betas: tuple[float, float] = (0.5, 0.9)
+    """Adam betas (EnCodec's)."""
+    warmup_steps: int = Field(50, ge=0)
+    """Linear warmup from 0 to ``lr``; a cosine decay to ``min_lr_ratio * lr`` follows."""
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
+    """Where the cosine decay ends, as a share of ``lr``."""
+    grad_clip: float = Field(1.0, gt=0)
+    """Clip the global gradient norm to this value."""
+    l1_weight: float = Field(1.0, ge=0)
+    """Weight of the waveform L1 loss."""
+    mel_weight: float = Field(1.0, ge=0)
+    """Weight of the multi-scale log-mel L1 loss."""
+    si_snr_weight: float = Field(0.0, ge=0)
+    """Weight of a negative SI-SNR loss (in tens of dB); 0: off."""
+    commitment_weight: float = Field(1.0, ge=0)
+    """Weight of the commitment loss (encoder output towards its codebook entries)."""
+    codebook_ema: float = Field(0.99, gt=0, lt=1)
+    """Decay of the codebooks' exponential moving average (EnCodec: 0.99)."""
+    dead_code_threshold: float = Field(2.0, ge=0)
+    """A codebook entry whose average use falls below this is restarted on a batch vector."""
+    kmeans_batches: int = Field(8, gt=0)
+    """Batches whose latents initialise the codebooks by k-means."""
+    adversarial: Literal[False] = False
+    """A multi-scale STFT discriminator (not implemented yet: only ``false``)."""
+    num_workers: int = Field(1, gt=0)
+    """Ray Train workers (one process each, DDP between them)."""
+    use_gpu: bool = False
+    """One GPU per worker."""
+    cpus_per_worker: float = Field(1.0, gt=0)
+    """CPUs reserved per worker (fractions allowed)."""
+    torch_threads: int | None = Field(None, gt=0)
+    """Intra-op threads per worker; ``None`` keeps Ray's."""
+    log_every: int = Field(25, gt=0)
+    """Log the training losses every this many steps (rank 0)."""
+    checkpoint_every: int = Field(250, gt=0)
+    """Checkpoint (and score the held-out segments) every this many steps and at the end."""
+    keep_checkpoints: int = Field(2, gt=0)
+    """Checkpoints kept (the latest always among them)."""
+    max_failures: int = Field(2, ge=-1)
+    """Restarts of the worker group from the last checkpoint after a crash (-1: no limit)."""
+    seed: int = 0
+    """Seeds the weights, the k-means and the batches."""
+    tracking_uri: str | None = None
+    """MLflow tracking URI; ``None`` as for training (``$MLFLOW_TRACKING_URI`` or the work dir)."""
+    experiment: str = "music-gen-codec"
+    """MLflow experiment of the run."""
 
 
 class CodecConfig(Strict):
@@ -83,6 +171,12 @@ class CodecConfig(Strict):
     """encodec package only: 24000 (mono) or 48000 (stereo)."""
     bandwidth: float = Field(6.0, gt=0)
     """encodec package only: target bandwidth in kbps (1.5, 3, 6, 12, 24)."""
+    channels: Literal[1, 2] = 1
+    """2: stereo as MusicGen's stereo models have it, the mono codec run on the left and
+    right channels with their codes interleaved (twice ``num_codebooks`` codes per frame).
+    Not for a codec that is stereo itself (encodec's 48 kHz model)."""
+    train: CodecTrainConfig = CodecTrainConfig()
+    """How ``music-gen codec train`` builds and trains a codec (ignored elsewhere)."""
 
 
 class DataConfig(Strict):
@@ -197,29 +291,136 @@ class TrainConfig(Strict):
 
 
 class TuneConfig(Strict):
-    num_samples: int = Field(4, gt=0)
-    metric: str = "val_loss"
-    mode: Literal["min", "max"] = "min"
+    """A Ray Tune sweep over the training of ``train`` (``music-gen tune``)."""
+
+    name: str = "sweep"
+    """Sweep name; re-running with the same name and storage resumes it (finished trials
+    are not re-run). Trials are training runs named ``<name>-<trial id>``."""
+    storage: str = "work/tune"
+    """Where the sweep's state and its trials' checkpoints live: ``<storage>/<name>/``."""
     search_space: dict[str, Any] = {}
-    """Dotted key -> ``{"loguniform": [lo, hi]}``, ``{"choice": [...]}`` or ``{"uniform": [lo, hi]}``."""
-    max_concurrent: int = Field(1, gt=0)
-    grace_period: int = Field(50, gt=0)
-    """ASHA: steps before a trial may be stopped."""
+    """Dotted config key -> a distribution: ``{"loguniform": [lo, hi]}``,
+    ``{"uniform": [lo, hi]}``, ``{"randint": [lo, hi]}`` (hi excluded), ``{"choice": [...]}``
+    or ``{"grid": [...]}`` (every value, crossed with the other grid keys). Keys are
+    checked against the config schema (``train.lr``, ``model.num_layers``, ``model.dim``,
+    ``model.cond_dropout``, ``train.batch_size``, ...) before anything starts."""
+    search: Literal["random", "grid"] = "random"
+    """``random``: ``num_samples`` draws from the distributions; ``grid``: every value of
+    each ``choice``/``grid`` key crossed, ``num_samples`` times."""
+    metric: str = "val_loss"
+    """What trials are compared and stopped on; one that training reports (``val_loss`` or
+    ``val_loss_cb<k>``, at every checkpoint)."""
+    mode: Literal["min", "max"] = "min"
+    """Whether a lower or a higher ``metric`` is better."""
+    num_samples: int = Field(4, gt=0)
+    """Trials to run (with ``search: grid``: repeats of the whole grid)."""
+    max_concurrent_trials: int | None = Field(None, gt=0)
+    """Trials running at once; ``None`` derives it from the cluster's CPUs (and GPUs) and
+    each trial's needs: ``train.num_workers x train.cpus_per_worker`` (plus
+    ``train.gpus_per_worker`` with ``train.use_gpu``) and ``trial_cpus``."""
+    trial_cpus: float = Field(0.05, gt=0)
+    """CPUs reserved for each trial's own process (it only drives its trainer; the
+    trainer's workers reserve their own)."""
+    data_cpus: float = Field(0.5, ge=0)
+    """CPUs left free for Ray Data (each trial reads its shards) when deriving
+    ``max_concurrent_trials``."""
+    grace_period: int = Field(20, gt=0)
+    """ASHA: training steps before a trial may be stopped early."""
+    reduction_factor: float = Field(2.0, gt=1)
+    """ASHA: at each rung only the best 1/reduction_factor of the trials go on."""
+    max_t: int | None = Field(None, gt=0)
+    """ASHA: the last rung in steps; ``None`` is ``train.steps``."""
+    seed: int | None = 0
+    """Seeds the random search (``None``: a new draw every sweep)."""
+
+
+class AutoscalingSettings(Strict):
+    """Ray Serve's ``autoscaling_config`` of the model deployment (same names as Ray's)."""
+
+    min_replicas: int = Field(1, ge=0)
+    """Fewest replicas kept running (0 lets an idle app scale to nothing)."""
+    max_replicas: int = Field(1, gt=0)
+    """Most replicas; each one reserves ``num_cpus``/``num_gpus``."""
+    initial_replicas: int | None = Field(None, ge=0)
+    """Replicas at start-up; ``None`` is ``min_replicas``."""
+    target_ongoing_requests: float = Field(4.0, gt=0)
+    """Ongoing requests per replica the autoscaler aims at (about the batch size)."""
+    upscale_delay_s: float = Field(10.0, ge=0)
+    """How long the load must stay above target before a replica is added."""
+    downscale_delay_s: float = Field(60.0, ge=0)
+    """How long the load must stay below target before a replica is removed."""
+    metrics_interval_s: float = Field(2.0, gt=0)
+    """How often replicas report their load to the autoscaler."""
+    look_back_period_s: float = Field(10.0, gt=0)
+    """Window over which the reported load is averaged."""
 
 
 class ServeConfig(Strict):
     model: str | None = None
-    """What replicas load: a checkpoint dir, a transformers dir, a hub id or ``models:/NAME@ALIAS``."""
+    """What replicas load by default: a checkpoint dir, a transformers dir, a hub id,
+    ``runs:/...``, ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``."""
+    models: list[str] = []
+    """Registered models a request may name in its ``model`` field (``NAME@ALIAS`` or
+    ``NAME/VERSION``), loaded on demand by Ray Serve's model multiplexing."""
+    max_models_per_replica: int = Field(2, gt=0)
+    """Multiplexed models kept loaded per replica (least recently used evicted)."""
     host: str = "127.0.0.1"
+    """Address the HTTP proxy binds (``music-gen serve``)."""
     port: int = Field(8000, gt=0, lt=65536)
-    min_replicas: int = Field(1, ge=0)
-    max_replicas: int = Field(1, gt=0)
-    target_ongoing_requests: float = Field(2.0, gt=0)
+    """Port of the HTTP proxy (``music-gen serve``)."""
+    app_name: str = "music-gen"
+    """Ray Serve application name."""
+    route_prefix: str = "/"
+    """URL prefix of the application."""
+    num_replicas: int = Field(1, gt=0)
+    """Fixed replica count of the model deployment when ``autoscaling_config`` is None."""
+    autoscaling_config: AutoscalingSettings | None = None
+    """Autoscale the model deployment between min and max replicas (``None``: fixed)."""
+    num_cpus: float = Field(1.0, ge=0)
+    """CPUs reserved per model replica (fractions allowed)."""
     num_gpus: float = Field(0.0, ge=0)
-    num_cpus: float = Field(1.0, gt=0)
+    """GPUs per model replica (fractions allowed); above 0 the replica runs on CUDA in bf16."""
+    ingress_num_cpus: float = Field(0.1, ge=0)
+    """CPUs reserved by the HTTP ingress replica (it only validates and forwards)."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Language-model precision: ``auto`` is bf16 on a GPU replica, fp32 on CPU."""
     max_batch_size: int = Field(8, gt=0)
+    """Requests generated together in one batch on a replica (1: no batching)."""
     batch_wait_timeout_s: float = Field(0.05, ge=0)
+    """How long a batch waits to fill up after its first request."""
+    batch_mixed_durations: bool = True
+    """Rows of different durations share a generation (run to the longest, each cut to its
+    own). The last K - 1 frames of a row cut from a longer batch may then differ from a run
+    alone with its seed; ``False`` batches only equal durations, so seeds reproduce exactly."""
+    max_ongoing_requests: int | None = Field(None, gt=0)
+    """Requests a model replica holds at once; ``None`` is twice the batch size."""
+    max_queued_requests: int = Field(64, ge=-1)
+    """Requests waiting for a replica before new ones get 503 + Retry-After (-1: no limit)."""
+    retry_after_s: int = Field(2, ge=0)
+    """``Retry-After`` seconds sent with a 503."""
+    request_timeout_s: float = Field(300.0, gt=0)
+    """Deadline of a request (a request may ask for less with ``timeout_s``); past it: 504."""
+    max_body_bytes: int = Field(65536, gt=0)
+    """Largest request body accepted; larger bodies get 413."""
     max_duration: float = Field(30.0, gt=0)
+    """Longest clip a request may ask for, in seconds."""
+    stream_chunk_seconds: float = Field(1.0, gt=0)
+    """New audio per chunk on ``/generate/stream``."""
+    stream_overlap_frames: int = Field(8, ge=0)
+    """Codec frames decoded again before each stream chunk, so that joins are seamless."""
+    api_keys_env: str = "MUSIC_GEN_API_KEYS"
+    """Environment variable holding comma-separated API keys (unset/empty: no keys)."""
+    api_keys_file: str | None = None
+    """File with one API key per line (added to the environment's). Keys are never logged."""
+    cors_origins: list[str] = []
+    """Origins allowed to call the API from a browser (``["*"]``: any)."""
+    follow_alias_s: float | None = Field(None, gt=0)
+    """Poll the registry every this many seconds and reload when the served alias moved
+    (``None``: only on ``POST /admin/reload`` or a redeploy)."""
+    env_vars: dict[str, str] = {}
+    """Environment of the app's replicas (e.g. ``MLFLOW_TRACKING_URI``, ``MUSIC_GEN_WORK_DIR``)."""
+    heartbeat_s: float = Field(2.0, gt=0)
+    """How often replicas report what they serve (``GET /models``) and look for reloads."""
 
 
 class Config(Strict):

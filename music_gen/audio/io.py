@@ -207,7 +207,7 @@ def _open_sound(source: AudioSource, name: str) -> Iterator[sf.SoundFile]:
             _check_header(sound, name)
             yield sound
     finally:
-        if start is not None:
+        if not isinstance(target, str) and start is not None:
             target.seek(start)
 
 
@@ -217,7 +217,7 @@ def _readable(source: AudioSource, name: str) -> str | BinaryIO:
         source = io.BytesIO(source)
     with _audio_errors("read", name):
         if hasattr(source, "read"):
-            return _readable_stream(source, name)
+            return _readable_stream(source, name)  # type: ignore[arg-type]
         path = Path(source)
         if not path.exists():
             raise _read_error(name, "file not found")

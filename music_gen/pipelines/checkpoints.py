@@ -10,8 +10,12 @@ Layout (no pickle anywhere; the optimizer file is read with ``weights_only=True`
         optimizer.pt           AdamW state (torch.save of tensors and numbers only)
         weights.safetensors    the raw weights, only when model.safetensors holds the EMA
         ema.safetensors        the EMA weights, only with train.ema_decay
+        complete.json          written last, once every other file is in place
 
 ``model.safetensors`` holds the weights to generate with: the EMA when there is one.
+A checkpoint directory is complete when its ``complete.json`` marker exists: the marker
+is written after the whole directory has reached the run's storage, so a directory that a
+crash or Ctrl-C cut short is never resumed from.
 """
 
 from __future__ import annotations
@@ -24,14 +28,17 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from music_gen.errors import CheckpointError
+from music_gen.models import formats
 
 TRAIN_STATE = "train_state"
 STATE_FILE = "state.json"
 OPTIMIZER_FILE = "optimizer.pt"
 RAW_WEIGHTS_FILE = "weights.safetensors"
 EMA_FILE = "ema.safetensors"
+COMPLETE_FILE = "complete.json"
+CHECKPOINT_PREFIX = "checkpoint_"
 # What a model directory holds (everything but train_state/).
-MODEL_ENTRIES = ("music_gen.json", "model.safetensors", "text_encoder", "codec")
+MODEL_ENTRIES = formats.MODEL_ENTRIES
 
 
 def save_model_dir(directory: Path, model, weights: dict[str, torch.Tensor]) -> Path:
@@ -40,14 +47,7 @@ def save_model_dir(directory: Path, model, weights: dict[str, torch.Tensor]) -> 
     The weights are passed in because the live modules may be sharded (FSDP) or hold
     the raw weights while the checkpoint should carry the EMA.
     """
-    # save_pretrained writes its config, text encoder and codec, then the state dict it
-    # gets from model.state_dict(); the instance attribute makes that the given weights.
-    model.state_dict = lambda: weights
-    try:
-        model.save_pretrained(directory)
-    finally:
-        del model.state_dict
-    return directory
+    return model.save_pretrained(directory, weights=weights)
 
 
 def save_checkpoint(
@@ -98,6 +98,51 @@ def read_weights(directory: Path, name: str) -> dict[str, torch.Tensor] | None:
     """An optional weights file of ``train_state/`` (raw or EMA); ``None`` when absent."""
     path = Path(directory) / TRAIN_STATE / name
     return load_file(str(path)) if path.is_file() else None
+
+
+def checkpoint_dir_name(step: int) -> str:
+    """``checkpoint_0000200``: sorts by step, and the step can be read back from it."""
+    return f"{CHECKPOINT_PREFIX}{step:07d}"
+
+
+def checkpoint_step(path) -> int | None:
+    """The step in a checkpoint directory's name (None: not a checkpoint directory)."""
+    name = str(path).rstrip("/").rsplit("/", 1)[-1]
+    digits = name.removeprefix(CHECKPOINT_PREFIX)
+    return int(digits) if name.startswith(CHECKPOINT_PREFIX) and digits.isdigit() else None
+
+
+def marker_path(directory) -> str:
+    """Where the completeness marker of a checkpoint directory lives (a path or URI path)."""
+    return f"{str(directory).rstrip('/')}/{TRAIN_STATE}/{COMPLETE_FILE}"
+
+
+def marker_bytes(step: int) -> bytes:
+    return json.dumps({"step": step}).encode()
+
+
+def is_complete(directory: Path) -> bool:
+    """Every file of the checkpoint was written (its marker, written last, is there)."""
+    return Path(marker_path(directory)).is_file()
+
+
+def complete_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """``(step, directory)`` of every complete checkpoint of a local run dir, oldest first."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = []
+    for entry in run_dir.iterdir():
+        step = checkpoint_step(entry.name)
+        if step is not None and entry.is_dir() and is_complete(entry):
+            found.append((step, entry))
+    return sorted(found)
+
+
+def newest_complete(run_dir: Path) -> tuple[int, Path] | None:
+    """The complete checkpoint of a local run dir with the highest step, if any."""
+    found = complete_checkpoints(run_dir)
+    return found[-1] if found else None
 
 
 def export_model(checkpoint: Path, output: Path) -> Path:

@@ -8,11 +8,11 @@ Three measures, each a plain function that the training loop and the benchmarks
 can call on their own:
 
 ``validation_loss``
-    Cross-entropy of the model on the dataset's held-out rows, computed exactly as
-    training computes its loss: codes ``[B, K, T]`` are delayed (``build_delay``), the
-    model reads ``[start ; delayed[..., :-1]]`` and predicts ``delayed``; each codebook's
-    loss is the mean over its real slots (``valid_mask``; padding skipped) and the loss
-    is the mean over codebooks. Reported with perplexity ``exp(loss)``, per codebook too.
+    Cross-entropy of the model on the dataset's held-out rows, computed by the code
+    training validates with (``pipelines/losses.py``): codes ``[B, K, T]`` are delayed,
+    the model reads ``[start ; delayed[..., :-1]]`` and predicts ``delayed``; each
+    codebook's loss is the mean over its real slots (padding skipped) and the loss is
+    the mean over codebooks. Reported with perplexity ``exp(loss)``, per codebook too.
 
 ``prompt_adherence`` (synthetic data only)
     For each synth class, generate from held-out caption phrasings the model never
@@ -43,12 +43,13 @@ can call on their own:
     judge the model by loss and prompt adherence, which work in code space.
 
 Which rows are held out: the same source files as training holds out
-(``train.choose_val_sources``: a stable hash of each file's path against
-``val_fraction``, whole files on one side), so ``split="val"`` scores exactly the rows
-training validated on. With no held-out rows (``val_fraction`` 0, a single file) the
+(``shards.choose_val_sources``: a stable hash of each file's path against
+``val_fraction``, by default training's ``data.val_fraction``, whole files on one side),
+so ``split="val"`` scores exactly the rows training validated on. With no held-out rows (``val_fraction`` 0, a single file) the
 loss falls back to all rows, with a note in the results.
 
-``evaluate`` runs all three, writes JSON and logs metrics to MLflow (the run given by
+``evaluate`` runs all three (settings in an ``EvaluateConfig``), writes JSON and logs
+metrics to the platform's MLflow store (``platform/tracking.py``: the run given by
 ``run_id``, else a new run in experiment ``evaluate``). Plain pyarrow reads the shards:
 evaluation needs no Ray.
 """
@@ -57,87 +58,79 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow.parquet as pq
 import torch
-import torch.nn.functional as F
 
+from music_gen import outputs
 from music_gen.errors import MusicGenError, UsageError
-from music_gen.models.patterns import build_delay, valid_mask
-from music_gen.pipelines import shards, sources, synth
+from music_gen.pipelines import losses, shards, sources
+from music_gen.pipelines.adherence import (  # noqa: F401 (re-exported: part of evaluation's API)
+    KEYWORD_CLASSES,
+    adherence_prompts,
+    adherence_report,
+    class_references,
+    classify_codes,
+    code_scores,
+    confusion_matrix,
+    fit_code_unigrams,
+    row_class,
+    synth_labels,
+)
+from music_gen.pipelines.fad import (  # noqa: F401 (re-exported: part of evaluation's API)
+    EMBEDDINGS,
+    CodecLatentEmbedding,
+    Embedding,
+    embed_codes,
+    fad_section,
+    frechet_audio_distance,
+    frechet_distance,
+    gaussian,
+)
 
 if TYPE_CHECKING:
     from music_gen.models.generator import MusicGen
 
-ROW_COLUMNS = [
-    "id",
-    "source",
-    "caption",
-    "genre",
-    "moods",
-    "key",
-    "bpm",
-    "instrument",
-    "attributes",
-    "codes",
-    "num_codebooks",
-    "frames",
-]
-ATTRIBUTE_NAMES = ("genre", "moods", "key", "bpm", "instrument")
-KEYWORD_CLASSES = {word: cls for cls, word in synth.CLASS_KEYWORDS.items()}
-DEFAULT_TRACKING_URI = "sqlite:///work/mlflow.db"  # relative to the working directory
+ROW_COLUMNS = ["id", "source", "attributes", *losses.BATCH_COLUMNS]
 EXPERIMENT = "evaluate"
+"""MLflow experiment of evaluations that log into no given run."""
 
 
 # --- reading the dataset ----------------------------------------------------------------
 
 
 def read_rows(data_dir: str, max_rows: int | None = None) -> list[dict]:
-    """Rows of every shard of a tokenized dataset (``ROW_COLUMNS``), in shard order."""
-    paths = shards.shard_paths(str(data_dir))
-    if not paths:
-        raise MusicGenError(f"{data_dir}: no shards (run `music-gen data tokenize` first)")
+    """Rows of every shard of a tokenized dataset (``ROW_COLUMNS``), in shard order.
+
+    Refuses (``MusicGenError``, one line) a dataset without shards or rows, or with a
+    damaged shard (``shards.readable_shards``, then any row that cannot be read)."""
     rows: list[dict] = []
-    for uri in paths:
+    for uri in shards.readable_shards(str(data_dir)):
         fs, path = sources.resolve(uri)
-        for batch in pq.ParquetFile(path, filesystem=fs).iter_batches(columns=ROW_COLUMNS):
-            rows += batch.to_pylist()
-            if max_rows is not None and len(rows) >= max_rows:
-                return rows[:max_rows]
+        try:
+            for batch in pq.ParquetFile(path, filesystem=fs).iter_batches(columns=ROW_COLUMNS):
+                rows += batch.to_pylist()
+                if max_rows is not None and len(rows) >= max_rows:
+                    return rows[:max_rows]
+        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+            raise MusicGenError(
+                f"dataset {data_dir}: shard {uri} has unreadable rows ({type(exc).__name__}); "
+                f"run `music-gen data validate {data_dir}`, then re-run tokenize to redo it"
+            ) from None
     return rows
 
 
 def split_rows(rows: list[dict], val_fraction: float) -> tuple[list[dict], list[dict]]:
     """``(train, validation)`` rows, split by source file exactly as training splits them."""
-    from music_gen.pipelines.train import choose_val_sources
-
-    held = choose_val_sources([row["source"] for row in rows], val_fraction)
+    held = shards.choose_val_sources([row["source"] for row in rows], val_fraction)
     train = [row for row in rows if row["source"] not in held]
     return train, [row for row in rows if row["source"] in held]
-
-
-def row_attributes(row: dict) -> dict:
-    """The conditioning attributes of a row, as the conditioner takes them."""
-    return {name: row.get(name) for name in ATTRIBUTE_NAMES}
-
-
-def row_class(row: dict) -> str | None:
-    """The synth class of a row: its ``synth_class`` attribute, its instrument, its caption."""
-    try:
-        attrs = json.loads(row.get("attributes") or "{}")
-    except json.JSONDecodeError:
-        attrs = {}
-    if attrs.get("synth_class") in synth.SYNTH_CLASSES:
-        return attrs["synth_class"]
-    if row.get("instrument") in KEYWORD_CLASSES:
-        return KEYWORD_CLASSES[row["instrument"]]
-    return synth.class_of_caption(row.get("caption") or "")
 
 
 def check_model_fits(model: MusicGen, data_dir: str) -> dict:
@@ -148,50 +141,26 @@ def check_model_fits(model: MusicGen, data_dir: str) -> dict:
 # --- validation loss ---------------------------------------------------------------------
 
 
-def pad_codes(codes: Sequence[np.ndarray], frames: int, pad: int) -> torch.Tensor:
-    """Rows ``[K, T_i]`` cut to at most ``frames`` and padded with ``pad``: ``[B, K, T]``."""
-    length = min(frames, max(c.shape[-1] for c in codes))
-    out = torch.full((len(codes), codes[0].shape[0], length), pad, dtype=torch.long)
-    for i, row in enumerate(codes):
-        part = torch.from_numpy(row[:, :length])  # [K, t]
-        out[i, :, : part.shape[-1]] = part
-    return out
+def model_forward(model: MusicGen):
+    """``losses.Forward`` of a ``MusicGen``: conditions, then the LM."""
 
+    def forward(inputs: torch.Tensor, texts: list[str], attributes: list[dict]) -> torch.Tensor:
+        memory, mask = model.conditioner(texts, attributes)  # [B, L, D], [B, L]
+        return model.lm(inputs, memory, mask)  # [B, K, S, card]
 
-def loss_terms(logits: torch.Tensor, delayed: torch.Tensor, special: int) -> tuple:
-    """Per-codebook cross-entropy sums and counts over the real slots of the delay pattern.
-
-    ``logits [B, K, S, card]`` predict ``delayed [B, K, S]``. A slot counts when the
-    pattern holds a code there (``valid_mask``) and it is not padding (``special``).
-    Returns ``(sums [K], counts [K])``; ``sums / counts`` is training's per-codebook loss.
-    """
-    num_codebooks, steps = delayed.shape[1], delayed.shape[2]
-    mask = valid_mask(num_codebooks, steps, delayed.device)[None] & (delayed != special)
-    targets = delayed.masked_fill(~mask, -100)  # [B, K, S]; -100: cross_entropy skips it
-    ce = F.cross_entropy(
-        logits.float().flatten(0, 2), targets.flatten(), ignore_index=-100, reduction="none"
-    ).view_as(delayed)  # [B, K, S], 0 where skipped
-    return ce.sum(dim=(0, 2)), mask.sum(dim=(0, 2))  # [K], [K]
+    return forward
 
 
 @torch.inference_mode()
 def batch_loss_terms(model: MusicGen, rows: list[dict], frames: int) -> tuple:
-    """``loss_terms`` of one batch of shard rows (codes cut to ``frames``)."""
-    special = model.lm.cfg.special_token
-    codes = pad_codes([shards.read_codes(r) for r in rows], frames, special)  # [B, K, T]
-    codes = codes.to(model.device)
-    delayed = build_delay(codes, special)  # [B, K, S]
-    start = torch.full_like(delayed[..., :1], special)  # [B, K, 1]
-    inputs = torch.cat([start, delayed[..., :-1]], dim=-1)  # [B, K, S]
-    memory, mask = model.conditioner(
-        [r["caption"] or "" for r in rows], [row_attributes(r) for r in rows]
-    )
-    logits = model.lm(inputs, memory, mask)  # [B, K, S, card]
-    return loss_terms(logits, delayed, special)
+    """Per-codebook loss sums and counts ``[K]``, ``[K]`` of one batch of shard rows
+    (each row's first ``frames``): ``losses.batch_loss``, as training validates."""
+    batch = losses.make_batch(rows, frames, rng=None)
+    return losses.batch_loss(model_forward(model), batch, model.lm.cfg.special_token, model.device)
 
 
-def summarize_loss(sums: torch.Tensor, counts: torch.Tensor) -> dict:
-    per_codebook = (sums / counts.clamp_min(1)).tolist()
+def summarize_loss(totals: losses.LossTotals) -> dict:
+    per_codebook = totals.per_codebook().tolist()
     loss = float(np.mean(per_codebook))
     return {
         "loss": loss,
@@ -200,8 +169,15 @@ def summarize_loss(sums: torch.Tensor, counts: torch.Tensor) -> dict:
             {"codebook": k, "loss": value, "perplexity": math.exp(min(value, 80.0))}
             for k, value in enumerate(per_codebook)
         ],
-        "tokens": int(counts.sum()),
+        "tokens": int(totals.counts.sum()),
     }
+
+
+def default_val_fraction() -> float:
+    """Training's validation fraction (``data.val_fraction``'s default)."""
+    from music_gen.config import DataConfig
+
+    return DataConfig.model_fields["val_fraction"].default
 
 
 def validation_loss(
@@ -211,31 +187,30 @@ def validation_loss(
     max_batches: int | None = None,
     segment_frames: int | None = None,
     split: str = "val",
-    val_fraction: float = 0.05,
+    val_fraction: float | None = None,
     rows: list[dict] | None = None,
 ) -> dict:
     """Loss and perplexity (overall and per codebook) on the dataset's held-out rows.
 
-    ``split`` is ``val`` (the source files training holds out) or ``all``.
+    ``split`` is ``val`` (the source files training holds out with ``val_fraction``,
+    default ``data.val_fraction``'s) or ``all``.
     ``segment_frames`` cuts each row to its first frames (``None``: the model's context).
     Tokens are pooled over batches: each codebook's loss is its total cross-entropy
     over its total count, so one batch gives exactly training's loss on that batch.
     """
     if batch_size < 1 or (max_batches is not None and max_batches < 1):
         raise UsageError("batch_size and max_batches must be at least 1")
+    val_fraction = default_val_fraction() if val_fraction is None else val_fraction
     rows = read_rows(data_dir) if rows is None else rows
     chosen, note = _pick_split(rows, split, val_fraction)
     frames = min(segment_frames or model.max_frames, model.max_frames)
     count = math.ceil(len(chosen) / batch_size)
     count = count if max_batches is None else min(count, max_batches)
-    num_codebooks = model.lm.cfg.num_codebooks
-    sums, counts = torch.zeros(num_codebooks), torch.zeros(num_codebooks, dtype=torch.long)
+    totals = losses.LossTotals(model.lm.cfg.num_codebooks)
     for index in range(count):
         batch = chosen[index * batch_size : (index + 1) * batch_size]
-        batch_sums, batch_counts = batch_loss_terms(model, batch, frames)
-        sums += batch_sums.cpu()
-        counts += batch_counts.cpu()
-    result = summarize_loss(sums, counts)
+        totals.add(*(terms.cpu() for terms in batch_loss_terms(model, batch, frames)))
+    result = summarize_loss(totals)
     result.update(split=split, rows=min(len(chosen), count * batch_size), frames=frames)
     if note:
         result["note"] = note
@@ -254,96 +229,6 @@ def _pick_split(rows: list[dict], split: str, val_fraction: float) -> tuple[list
 
 
 # --- prompt adherence --------------------------------------------------------------------
-
-
-def fit_code_unigrams(
-    codes: Sequence[np.ndarray],
-    labels: Sequence[int],
-    num_classes: int,
-    cardinality: int,
-    alpha: float = 1.0,
-) -> np.ndarray:
-    """Per class and codebook, log-probabilities of each code: ``[C, K, card]``.
-
-    ``codes`` are ``[K, T]`` arrays, ``labels`` their class indices. Add-``alpha``
-    smoothing keeps a code never seen in a class at a finite (low) likelihood.
-    """
-    num_codebooks = codes[0].shape[0]
-    counts = np.full((num_classes, num_codebooks, cardinality), alpha, dtype=np.float64)
-    for row, label in zip(codes, labels, strict=True):
-        for k in range(num_codebooks):
-            counts[label, k] += np.bincount(row[k], minlength=cardinality)[:cardinality]
-    return np.log(counts / counts.sum(-1, keepdims=True))
-
-
-def code_scores(log_probs: np.ndarray, codes: np.ndarray) -> np.ndarray:
-    """Mean log-likelihood of ``codes [K, T]`` under each class: ``[C]``."""
-    num_codebooks = codes.shape[0]
-    picked = log_probs[:, np.arange(num_codebooks)[:, None], codes]  # [C, K, T]
-    return picked.mean(axis=(1, 2))
-
-
-def classify_codes(log_probs: np.ndarray, codes: Sequence[np.ndarray]) -> np.ndarray:
-    """The most likely class of each ``[K, T]`` clip: ``[N]`` class indices."""
-    return np.array([int(code_scores(log_probs, row).argmax()) for row in codes], dtype=np.int64)
-
-
-def confusion_matrix(true: Sequence[int], predicted: Sequence[int], num_classes: int) -> list:
-    """``[C, C]`` counts: rows the true (prompted) class, columns the predicted one."""
-    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
-    for t, p in zip(true, predicted, strict=True):
-        matrix[t, p] += 1
-    return matrix.tolist()
-
-
-def adherence_report(true: Sequence[int], predicted: Sequence[int], labels: list[str]) -> dict:
-    hits = sum(int(t == p) for t, p in zip(true, predicted, strict=True))
-    return {
-        "accuracy": hits / max(1, len(true)),
-        "confusion": confusion_matrix(true, predicted, len(labels)),
-        "labels": list(labels),
-        "chance": 1.0 / len(labels),
-    }
-
-
-def synth_labels(rows: list[dict], classes: Sequence[str] | None) -> tuple[list[str], list]:
-    """The classes to evaluate (in ``SYNTH_CLASSES`` order) and every row's class."""
-    found = [row_class(row) for row in rows]
-    present = [c for c in synth.SYNTH_CLASSES if c in set(found)]
-    if classes is None:
-        labels = present
-    else:
-        unknown = sorted(set(classes) - set(synth.SYNTH_CLASSES))
-        if unknown:
-            raise UsageError(f"unknown synth classes {unknown}")
-        missing = sorted(set(classes) - set(present))
-        if missing:
-            raise MusicGenError(f"no rows of class {missing} in the dataset to build references")
-        labels = [c for c in synth.SYNTH_CLASSES if c in classes]
-    if not labels:
-        raise MusicGenError("no synthetic rows in the dataset: prompt adherence needs synth data")
-    return labels, found
-
-
-def class_references(rows: list[dict], found: list, labels: list[str], cardinality: int):
-    """Unigram references ``[C, K, card]`` from the rows of the evaluated classes."""
-    index = {label: i for i, label in enumerate(labels)}
-    picked = [
-        (shards.read_codes(r), index[c]) for r, c in zip(rows, found, strict=True) if c in index
-    ]
-    codes, targets = zip(*picked, strict=True)
-    return fit_code_unigrams(codes, targets, len(labels), cardinality)
-
-
-def adherence_prompts(labels: list[str], per_class: int, seed: int) -> tuple[list[str], list]:
-    """``per_class`` held-out captions per class (phrasings cycle, attributes vary by seed)."""
-    prompts, prompted = [], []
-    for index, cls in enumerate(labels):
-        phrasings = len(synth.caption_templates(cls, "heldout"))
-        for j in range(per_class):
-            prompts.append(synth.heldout_captions(cls, seed=seed + j // phrasings)[j % phrasings])
-            prompted.append(index)
-    return prompts, prompted
 
 
 def generate_batches(
@@ -404,161 +289,81 @@ def prompt_adherence(
     return report
 
 
-# --- Fréchet Audio Distance -----------------------------------------------------------------
-
-
-@runtime_checkable
-class Embedding(Protocol):
-    """Audio ``[B, C, S]`` at ``sample_rate`` -> embeddings ``[N, D]`` (N vectors, any N)."""
-
-    name: str
-    sample_rate: int
-
-    def __call__(self, audio: torch.Tensor) -> torch.Tensor: ...
-
-
-class CodecLatentEmbedding:
-    """A codec encoder's continuous latents: every frame a vector, or one mean per clip."""
-
-    def __init__(self, codec, pooling: str = "frames"):
-        if pooling not in ("frames", "mean"):
-            raise UsageError(f"pooling must be 'frames' or 'mean', got {pooling!r}")
-        self.codec, self.pooling = codec, pooling
-        self.name = "codec-latents" if pooling == "frames" else "codec-latents-mean"
-        self.sample_rate = codec.sample_rate
-
-    @torch.inference_mode()
-    def __call__(self, audio: torch.Tensor) -> torch.Tensor:
-        latents = self.codec.latents(audio).float()  # [B, D, T]
-        if self.pooling == "mean":
-            return latents.mean(dim=-1)  # [B, D]
-        return latents.transpose(1, 2).reshape(-1, latents.shape[1])  # [B * T, D]
-
-
-# Name -> embedding built from the model being evaluated (the CLI's --fad-embedding).
-EMBEDDINGS = {
-    "codec-latents": lambda model: CodecLatentEmbedding(model.codec, "frames"),
-    "codec-latents-mean": lambda model: CodecLatentEmbedding(model.codec, "mean"),
-}
-
-
-def _sqrtm_psd(matrix: np.ndarray) -> np.ndarray:
-    """Square root of a symmetric positive semi-definite matrix (tiny negative eigenvalues of
-    round-off clipped to 0), so that the distance stays real and finite for singular ones."""
-    values, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
-    return (vectors * np.sqrt(values.clip(min=0))) @ vectors.T
-
-
-def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
-    """Fréchet distance of two Gaussians: ``|mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^1/2)``.
-
-    ``tr((S1 S2)^1/2)`` is computed as ``tr((A S2 A)^1/2)`` with ``A = S1^1/2``: the same
-    eigenvalues, but a symmetric matrix, so an eigen-decomposition stays exact where
-    ``sqrtm`` of the non-symmetric product can turn complex.
-    """
-    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
-    sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
-    root1 = _sqrtm_psd(sigma1)
-    cross = np.linalg.eigvalsh(root1 @ sigma2 @ root1).clip(min=0)
-    value = (
-        ((mu1 - mu2) ** 2).sum() + np.trace(sigma1) + np.trace(sigma2) - 2 * np.sqrt(cross).sum()
-    )
-    return float(max(value, 0.0))
-
-
-def gaussian(embeddings) -> tuple[np.ndarray, np.ndarray]:
-    x = np.asarray(embeddings, dtype=np.float64)
-    if x.ndim != 2 or x.shape[0] < 2:
-        raise MusicGenError(f"FAD needs at least 2 embedding vectors [N, D], got {x.shape}")
-    return x.mean(axis=0), np.cov(x, rowvar=False).reshape(x.shape[1], x.shape[1])
-
-
-def frechet_audio_distance(real_embeddings, fake_embeddings) -> float:
-    """FAD: Fréchet distance of Gaussians fitted to ``[N, D]`` and ``[M, D]`` embeddings."""
-    return frechet_distance(*gaussian(real_embeddings), *gaussian(fake_embeddings))
-
-
-def embed_codes(
-    model: MusicGen, codes: Sequence[np.ndarray], embedding: Embedding, batch_size: int
-) -> np.ndarray:
-    """Decode ``[K, T]`` codes with the model's codec and embed the audio: ``[N, D]``."""
-    from music_gen.audio.transforms import resample
-
-    out = []
-    for start in range(0, len(codes), batch_size):
-        chunk = codes[start : start + batch_size]
-        batch = pad_codes(chunk, max(c.shape[-1] for c in chunk), 0)  # [B, K, T]
-        audio = model.decode(batch)  # [B, C, S]
-        audio = resample(audio, model.sample_rate, embedding.sample_rate)
-        out.append(embedding(audio).double().cpu().numpy())
-    return np.concatenate(out)
-
-
-def fad_section(model, real_codes, fake_codes, embedding: Embedding, batch_size: int) -> dict:
-    """FAD between decoded real and generated codes, real clips cut to the generated length."""
-    frames = max(c.shape[-1] for c in fake_codes)
-    real = embed_codes(model, [c[:, :frames] for c in real_codes], embedding, batch_size)
-    fake = embed_codes(model, fake_codes, embedding, batch_size)
-    return {
-        "fad": frechet_audio_distance(real, fake),
-        "embedding": embedding.name,
-        "real_clips": len(real_codes),
-        "fake_clips": len(fake_codes),
-        "real_vectors": int(real.shape[0]),
-        "fake_vectors": int(fake.shape[0]),
-    }
-
-
 # --- everything together ----------------------------------------------------------------------
+
+
+@dataclass
+class EvaluateConfig:
+    """What ``evaluate`` measures and how (the ``music-gen evaluate`` flags)."""
+
+    batch_size: int = 8
+    """Rows per loss batch and prompts per generation batch."""
+    max_batches: int | None = None
+    """Cap on loss batches (None: every held-out row)."""
+    segment_frames: int | None = None
+    """Frames per row for the loss (None: the model's context)."""
+    split: str = "val"
+    """Rows scored for the loss: ``val`` (the files training holds out) or ``all``."""
+    val_fraction: float | None = None
+    """Share of source files held out; None: ``data.val_fraction``'s default, as training."""
+    per_class: int = 4
+    """Generations per synth class for prompt adherence."""
+    duration: float = 3.0
+    """Seconds per generation."""
+    guidance_scale: float = 3.0
+    seed: int = 0
+    fad_clips: int = 24
+    """Real clips for FAD."""
+    embedding: Embedding | str = "codec-latents"
+    """A name in ``EMBEDDINGS`` or an ``Embedding``."""
 
 
 def evaluate(
     model_src,
     data_dir: str,
+    settings: EvaluateConfig | None = None,
+    *,
     output: str | None = None,
     run_id: str | None = None,
-    *,
-    batch_size: int = 8,
-    max_batches: int | None = None,
-    segment_frames: int | None = None,
-    split: str = "val",
-    val_fraction: float = 0.05,
-    per_class: int = 4,
-    duration: float = 3.0,
-    guidance_scale: float = 3.0,
-    seed: int = 0,
-    fad_clips: int = 24,
-    embedding: Embedding | str = "codec-latents",
     device=None,
     mlflow_logging: bool = True,
 ) -> dict:
     """Validation loss, prompt adherence (synth data) and FAD of ``model_src`` on ``data_dir``.
 
     ``model_src`` is anything ``MusicGen.from_pretrained`` loads, or a ``MusicGen``.
-    Writes the results as JSON to ``output`` (when given) and logs them to MLflow.
+    Writes the results as JSON to ``output`` (when given) and logs them to the platform's
+    MLflow store (``tracking.tracking_uri()``, where ``runs:/`` models are read from too).
     """
+    settings = settings or EvaluateConfig()
+    if output:
+        outputs.check_file(output, "--output")  # before the compute, not after it
+    fraction = settings.val_fraction
+    fraction = default_val_fraction() if fraction is None else fraction
     if mlflow_logging and run_id is not None:
         check_run(run_id)
+    shards.readable_shards(str(data_dir))  # an empty or damaged dataset: before the model
     model = load_model(model_src, device)
     check_model_fits(model, data_dir)
+    embedding = settings.embedding
     if isinstance(embedding, str):
         embedding = _embedding_named(embedding, model)
     rows = read_rows(data_dir)
-    real = _fad_real_rows(rows, split, val_fraction, fad_clips)
+    real = _fad_real_rows(rows, settings.split, fraction, settings.fad_clips)
     results: dict = {"model": str(model_src), "data": str(data_dir), "rows": len(rows)}
     results["validation"] = validation_loss(
-        model, data_dir, batch_size, max_batches, segment_frames, split, val_fraction, rows
-    )
-    generation = (duration, seed, guidance_scale, batch_size)
+        model, data_dir, settings.batch_size, settings.max_batches, settings.segment_frames,
+        settings.split, fraction, rows,
+    )  # fmt: skip
+    generation = (settings.duration, settings.seed, settings.guidance_scale, settings.batch_size)
     if all(row_class(row) is not None for row in rows):
         # The adherence generations double as FAD's generated set.
-        adherence, generated = _prompt_adherence(model, rows, None, per_class, *generation)
+        adherence, generated = _prompt_adherence(model, rows, None, settings.per_class, *generation)
     else:
         adherence = {"skipped": "not synthetic data: some rows have no synth class"}
         generated = generate_batches(model, [r["caption"] or "" for r in real], *generation)
     results["prompt_adherence"] = adherence
     real_codes = [shards.read_codes(row) for row in real]
-    results["fad"] = fad_section(model, real_codes, generated, embedding, batch_size)
+    results["fad"] = fad_section(model, real_codes, generated, embedding, settings.batch_size)
     if mlflow_logging:
         results["mlflow_run_id"] = log_to_mlflow(results, run_id)
     if output:
@@ -594,12 +399,10 @@ def _embedding_named(name: str, model: MusicGen) -> Embedding:
 
 
 def write_results(results: dict, output: str) -> Path:
-    path = Path(output)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    tmp.replace(path)  # never a half-written results file
-    return path
+    """The results as JSON, written atomically (never a half-written results file)."""
+    return outputs.write_text(
+        outputs.check_file(output, "--output"), json.dumps(results, indent=2) + "\n"
+    )
 
 
 def metrics_of(results: dict) -> dict[str, float]:
@@ -618,27 +421,19 @@ def metrics_of(results: dict) -> dict[str, float]:
     return metrics
 
 
-def tracking_uri() -> str:
-    """``MLFLOW_TRACKING_URI``, else the project's sqlite store (set for ``mlflow`` calls)."""
-    import mlflow
-
-    uri = os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
-    if uri == DEFAULT_TRACKING_URI:
-        Path("work").mkdir(exist_ok=True)  # sqlite creates the file, not its folder
-    mlflow.set_tracking_uri(uri)
-    return uri
-
-
 def check_run(run_id: str) -> None:
     """Fail before the (long) evaluation when the run to log into does not exist."""
-    import mlflow
     from mlflow.exceptions import MlflowException
 
-    uri = tracking_uri()
+    from music_gen.platform import tracking
+
+    client = tracking.client()
     try:
-        mlflow.MlflowClient(uri).get_run(run_id)
+        client.get_run(run_id)
     except MlflowException as exc:
-        raise MusicGenError(f"MLflow ({uri}): {exc.message.splitlines()[0]}") from None
+        raise MusicGenError(
+            f"MLflow ({client.tracking_uri}): {exc.message.splitlines()[0]}"
+        ) from None
 
 
 def log_to_mlflow(results: dict, run_id: str | None = None) -> str:
@@ -647,20 +442,17 @@ def log_to_mlflow(results: dict, run_id: str | None = None) -> str:
     Through ``MlflowClient`` with explicit run ids: no global active run or experiment,
     so a training process that evaluates mid-run keeps its own.
     """
-    import mlflow
     from mlflow.entities import Metric
     from mlflow.exceptions import MlflowException
 
-    uri = tracking_uri()
-    client = mlflow.MlflowClient(uri)
+    from music_gen.platform import tracking
+
+    client = tracking.client()
     try:
         own_run = run_id is None
         if own_run:
-            experiment = client.get_experiment_by_name(EXPERIMENT)
-            experiment_id = (
-                experiment.experiment_id if experiment else client.create_experiment(EXPERIMENT)
-            )
-            run_id = client.create_run(experiment_id, run_name="evaluate").info.run_id
+            experiment = tracking.experiment_id(client, EXPERIMENT)
+            run_id = client.create_run(experiment, run_name="evaluate").info.run_id
         now = int(time.time() * 1000)
         metrics = [Metric(k, float(v), now, 0) for k, v in metrics_of(results).items()]
         client.log_batch(run_id, metrics=metrics)
@@ -672,4 +464,6 @@ def log_to_mlflow(results: dict, run_id: str | None = None) -> str:
             client.set_terminated(run_id)
         return run_id
     except MlflowException as exc:
-        raise MusicGenError(f"MLflow ({uri}): {exc.message.splitlines()[0]}") from None
+        raise MusicGenError(
+            f"MLflow ({client.tracking_uri}): {exc.message.splitlines()[0]}"
+        ) from None

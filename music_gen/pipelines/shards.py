@@ -5,7 +5,8 @@ A dataset directory (local or ``s3://``/``gs://``) written by ``music-gen data t
     DIR/dataset.json              codec metadata, settings, number of shards
     DIR/shards/part-00000.parquet one row per segment (SHARD_SCHEMA)
     DIR/errors/part-00000.parquet files that could not be used (ERROR_SCHEMA)
-    DIR/_progress/part-00000.json a shard's completion marker and counts (for resume)
+    DIR/_progress/part-00000.json a shard's completion marker: counts, and the size and
+                                  sha256 of the files it vouches for (for resume)
     DIR/errors.csv, DIR/summary.json   the last run's error list and summary, for people
 
 A shard row holds one segment: ``id`` (``<source_id>-<segment>``), ``source`` (path or
@@ -22,13 +23,25 @@ For training::
     ds = ray.data.read_parquet(shard_paths(root))
     codes = read_codes(row)                 # np.int64 [K, T]
     check_codec(root, num_codebooks=4, cardinality=2048)
+
+Damage after writing (a shard deleted, truncated or overwritten) is caught by the
+marker's ``checksums``: ``tokenize`` redoes such a shard on resume (``shard_damage``),
+``validate`` reports it, and ``readable_shards`` (what training and evaluation call
+first) refuses a dataset whose shards are missing, of the wrong size, unreadable or
+empty, in one line, before any work starts.
+
+The train/validation split is by whole source files (``choose_val_sources``): training,
+validation and ``music-gen evaluate`` hold out the same files.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import posixpath
+import zlib
 from collections import Counter
+from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -99,6 +112,23 @@ def batch_codes(batch: dict) -> list[np.ndarray]:
 # --- layout ----------------------------------------------------------------------------------
 
 
+def is_validation(source: str, fraction: float) -> bool:
+    """Whole files go to one split, by a stable hash of their path (no leakage)."""
+    return zlib.crc32(source.encode()) % 10_000 < fraction * 10_000
+
+
+def choose_val_sources(sources: Sequence[str], fraction: float) -> set[str]:
+    """The validation files; at least one when ``fraction`` > 0 and there are two files or more,
+    never all of them."""
+    unique = sorted(set(sources))
+    chosen = {s for s in unique if is_validation(s, fraction)}
+    if not chosen and fraction > 0 and len(unique) > 1:
+        chosen = {min(unique, key=lambda s: zlib.crc32(s.encode()))}
+    if len(chosen) == len(unique):
+        chosen.discard(max(unique, key=lambda s: zlib.crc32(s.encode())))
+    return chosen
+
+
 def part_name(group: int) -> str:
     return f"part-{group:05d}"
 
@@ -138,10 +168,73 @@ def write_json(fs: pafs.FileSystem, path: str, value: dict) -> None:
     write_bytes_atomic(fs, path, (json.dumps(value, indent=1, sort_keys=True) + "\n").encode())
 
 
-def write_table(fs: pafs.FileSystem, path: str, table: pa.Table) -> None:
+def write_table(fs: pafs.FileSystem, path: str, table: pa.Table) -> dict:
+    """Write ``table`` as Parquet (atomically); returns its ``file_record`` for the marker."""
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
-    write_bytes_atomic(fs, path, sink.getvalue().to_pybytes())
+    data = sink.getvalue().to_pybytes()
+    write_bytes_atomic(fs, path, data)
+    return file_record(data)
+
+
+# --- completion markers ---------------------------------------------------------------------
+
+
+def file_record(data: bytes) -> dict:
+    """What a marker remembers of a file it vouches for: its size and sha256."""
+    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def marker_path(root: str, name: str) -> str:
+    return join(root, PROGRESS, name + ".json")
+
+
+def write_marker(fs: pafs.FileSystem, root: str, name: str, counts: dict, files: dict) -> None:
+    """Shard ``name``'s completion marker, written last: ``counts`` plus ``checksums``
+    (``files``: path relative to ``root`` -> ``file_record``)."""
+    write_json(fs, marker_path(root, name), {**counts, "checksums": files})
+
+
+def read_marker(fs: pafs.FileSystem, root: str, name: str) -> dict | None:
+    """A shard's marker, or None when it is missing or not JSON (an interrupted write)."""
+    try:
+        marker = read_json(fs, marker_path(root, name))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return marker if isinstance(marker, dict) else None
+
+
+def _hash_file(fs: pafs.FileSystem, path: str) -> str:
+    digest = hashlib.sha256()
+    with fs.open_input_stream(path) as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def shard_damage(
+    fs: pafs.FileSystem, root: str, marker: dict | None, verify: bool = True
+) -> str | None:
+    """Why the files a marker vouches for are not what was written, or None when they are.
+
+    Sizes are always compared (one listing); ``verify`` also compares checksums (reads
+    every byte). A marker of an older format (no ``checksums``) vouches for its shard
+    existing only.
+    """
+    if marker is None:
+        return "completion marker unreadable"
+    records = marker.get("checksums")
+    if records is None:
+        return None
+    for relative, record in sorted(records.items()):
+        info = fs.get_file_info(join(root, relative))
+        if info.type != pafs.FileType.File:
+            return f"{relative} missing"
+        if info.size != record["bytes"]:
+            return f"{relative} is {info.size} bytes, {record['bytes']} were written"
+        if verify and _hash_file(fs, join(root, relative)) != record["sha256"]:
+            return f"{relative} differs from what was written (sha256)"
+    return None
 
 
 def shard_table(rows: list[dict], meta: dict) -> pa.Table:
@@ -183,6 +276,47 @@ def check_codec(root: str, num_codebooks: int, cardinality: int) -> dict:
     return meta
 
 
+def readable_shards(root: str) -> list[str]:
+    """The shard paths of a dataset fit to train or evaluate on; else one-line ``MusicGenError``.
+
+    What training's and evaluation's drivers call before any work: ``dataset.json``
+    present, at least one shard, each shard of the size its marker recorded, with a
+    readable Parquet footer and ``SHARD_SCHEMA``, and at least one row in all. Cheap:
+    footers and a listing, not the codes (``music-gen data validate`` reads those).
+    """
+    dataset_info(root)
+    fs, path = resolve(root)
+    files = _list(fs, join(path, SHARDS), ".parquet")
+    if not files:
+        raise MusicGenError(
+            f"dataset {root} has no shards: run `music-gen data tokenize --output {root}`"
+        )
+    redo = f"re-run `music-gen data tokenize` with --output {root} to redo it"
+    rows = 0
+    for shard in files:
+        name = posixpath.basename(shard)[: -len(".parquet")]
+        marker = read_marker(fs, path, name)
+        damage = None if marker is None else shard_damage(fs, path, marker, verify=False)
+        if damage:
+            raise MusicGenError(f"dataset {root}: shard {name} is damaged ({damage}); {redo}")
+        try:
+            metadata = pq.read_metadata(shard, filesystem=fs)
+            schema = metadata.schema.to_arrow_schema().remove_metadata()
+        except Exception as exc:  # any corruption pyarrow reports
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            raise MusicGenError(
+                f"dataset {root}: shard {name} is unreadable ({reason}); {redo}"
+            ) from None
+        if not schema.equals(SHARD_SCHEMA):
+            raise MusicGenError(f"dataset {root}: shard {name} is not a music-gen shard; {redo}")
+        rows += metadata.num_rows
+    if rows == 0:
+        raise MusicGenError(
+            f"dataset {root} holds no clips (every file failed: see {join(root, ERRORS_CSV)})"
+        )
+    return [to_uri(fs, p) for p in files]
+
+
 def read_errors(root: str) -> pa.Table:
     """All files that could not be used, from every shard's errors table."""
     fs, path = resolve(root)
@@ -205,7 +339,8 @@ def validate(root: str, max_violations: int = 20) -> dict:
 
     Checks: the schema, the codec metadata, codes below the cardinality and of the
     stated size, frame counts consistent with duration x frame rate, captions present,
-    unique ids, every shard complete. Reads one row group at a time (bounded memory).
+    unique ids, every shard complete and as its marker recorded it (size, sha256), at
+    least one shard and one clip. Reads one row group at a time (bounded memory).
     """
     fs, path = resolve(root)
     info = dataset_info(root)
@@ -231,12 +366,20 @@ def validate(root: str, max_violations: int = 20) -> dict:
     expected = {part_name(g) for g in range(int(info.get("num_shards", 0)))}
     for missing in sorted(expected - markers):
         violate(missing, "shard missing or incomplete (re-run tokenize to finish)")
+    for name in sorted(markers):
+        damage = shard_damage(fs, path, read_marker(fs, path, name))
+        if damage:
+            violate(name, f"damaged after writing: {damage} (re-run tokenize to redo it)")
     for shard in shard_files:
         name = posixpath.basename(shard)
         if name[: -len(".parquet")] not in markers:
             violate(name, "no completion marker (interrupted write; re-run tokenize)")
         report["shards"] += 1
         _validate_shard(fs, shard, name, codec, report, ids, sources, violate)
+    if not shard_files:
+        violate(root, "no shards (run `music-gen data tokenize`)")
+    elif not report["clips"]:
+        violate(root, "no clips in any shard (every file failed? see errors.csv)")
     for row in read_errors(root).to_pylist():
         report["errors"][row["reason"]] += 1
     report["sources"] = len(sources)

@@ -13,7 +13,10 @@ Two kinds of input, local or on any filesystem pyarrow opens (``s3://``, ``gs://
 Each input becomes one record (a plain dict, see ``make_record``). Broken inputs
 (a bad manifest line, a missing path, a sidecar that is not JSON, a duplicate) become
 records with ``stage`` and ``reason`` set so that the pipeline reports them instead
-of dropping them. Captions fall back to the attributes, then to the file name.
+of dropping them. Manifests are UTF-8 (a byte-order mark is allowed): a row holding
+bytes that are not UTF-8 (a caption saved as Latin-1) is skipped with reason
+``not UTF-8`` in the errors table, naming its line, rather than kept with U+FFFD
+replacement characters: a mangled caption would teach the model the wrong words. Captions fall back to the attributes, then to the file name.
 """
 
 from __future__ import annotations
@@ -192,7 +195,8 @@ def _first(row: dict, keys: tuple[str, ...]) -> object:
 def _manifest_rows(fs: pafs.FileSystem, path: str) -> list[tuple[int, dict | None, str]]:
     """``(line number, row or None, why not)`` for each data row of a JSONL/CSV manifest."""
     with fs.open_input_file(path) as handle:
-        text = handle.read().decode("utf-8", errors="replace")
+        # Bytes that are not UTF-8 become lone surrogates, found per row below.
+        text = handle.read().decode("utf-8-sig", errors="surrogateescape")
     rows = []
     if path.lower().endswith(".csv"):
         for number, row in enumerate(csv.DictReader(io.StringIO(text)), start=2):
@@ -213,8 +217,39 @@ def _manifest_rows(fs: pafs.FileSystem, path: str) -> list[tuple[int, dict | Non
     return rows
 
 
+def _not_utf8(row: dict) -> str:
+    """The fields of a manifest row that held bytes that are not UTF-8 ('' when none)."""
+    bad = [
+        str(key).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        for key, value in row.items()
+        if any(_has_surrogates(part) for part in (key, value))
+    ]
+    return ", ".join(bad)
+
+
+def _has_surrogates(value: object) -> bool:
+    if isinstance(value, list):
+        return any(_has_surrogates(v) for v in value)
+    return isinstance(value, str) and any("\udc80" <= ch <= "\udcff" for ch in value)
+
+
+def _readable(value: object) -> str:
+    """``value`` as text, bytes that are not UTF-8 shown as U+FFFD (for error details)."""
+    return str(value).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _resolve_audio(fs: pafs.FileSystem, base: str, audio: str) -> str:
+    """A manifest's audio path as a URI or absolute path (relative to the manifest)."""
+    if audio.startswith("file://"):  # the same file must get the same id either way
+        audio = unquote(audio[len("file://") :])
+    if "://" not in audio:
+        audio = to_uri(fs, posixpath.normpath(posixpath.join(base, audio)))
+    return audio
+
+
 def list_manifest(fs: pafs.FileSystem, path: str) -> list[dict]:
-    """Records of the rows of a manifest, in manifest order; broken rows become error records."""
+    """Records of the rows of a manifest, in manifest order; broken rows become error records
+    (a row with bytes that are not UTF-8 too: skipped, not kept with replacement characters)."""
     base = posixpath.dirname(path)
     records, seen = [], set()
     for number, row, why in _manifest_rows(fs, path):
@@ -222,14 +257,20 @@ def list_manifest(fs: pafs.FileSystem, path: str) -> list[dict]:
         if row is None:
             records.append(make_record(where, stage="manifest", reason="bad row", detail=why))
             continue
+        fields = _not_utf8(row)
         audio = _first(row, PATH_KEYS)
+        if fields:  # listed under the audio file it skips (the manifest line if unnamed)
+            detail = f"{_readable(where)}: {fields} not UTF-8; save the manifest as UTF-8"
+            named = isinstance(audio, str) and not _has_surrogates(audio)
+            skipped = _resolve_audio(fs, base, audio) if named else _readable(where)
+            records.append(
+                make_record(skipped, stage="manifest", reason="not UTF-8", detail=detail)
+            )
+            continue
         if not isinstance(audio, str):
             records.append(make_record(where, stage="manifest", reason="no path", detail=str(row)))
             continue
-        if audio.startswith("file://"):  # the same file must get the same id either way
-            audio = unquote(audio[len("file://") :])
-        if "://" not in audio:
-            audio = to_uri(fs, posixpath.normpath(posixpath.join(base, audio)))
+        audio = _resolve_audio(fs, base, audio)
         if audio in seen:
             records.append(make_record(where, stage="manifest", reason="duplicate", detail=audio))
             continue

@@ -403,19 +403,20 @@ def write_synth_dataset(
     """Write ``num_clips`` clips as ``synth-00000.wav`` + ``synth-00000.json``; returns audio paths."""
     import torch
 
+    from music_gen import outputs
     from music_gen.audio import write_audio
 
     if num_clips <= 0 or seconds <= 0:
         raise ValueError("num_clips and seconds must be positive")
     for cls in classes:
         _check_class(cls)
-    output = Path(output)
+    output = outputs.check_dir(output, "--output")  # before any clip is made
     output.mkdir(parents=True, exist_ok=True)
     paths = []
     for index in range(num_clips):
         audio, meta = make_clip(index, seconds, seed, sample_rate, tuple(classes))
         path = output / f"{meta['name']}.{format}"
         write_audio(path, torch.from_numpy(audio), sample_rate)
-        path.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n")
+        outputs.write_text(path.with_suffix(".json"), json.dumps(meta, indent=1) + "\n")
         paths.append(path)
     return paths

@@ -19,8 +19,14 @@ driver holds only the codes of shards still in flight.
 
 Resume: input files are listed in a fixed order and cut into shards of
 ``data.files_per_shard`` files; a shard is done when its ``_progress`` marker exists
-(written last, after the shard and its errors). A re-run skips done shards and
-rewrites the rest, so the result equals an uninterrupted run. ``overwrite`` starts afresh.
+(written last, after the shard and its errors) and the files it vouches for still have
+the size and sha256 it recorded. A re-run skips done shards and rewrites the rest
+(damaged ones too, named in the summary under ``shards_redone``), so the result equals
+an uninterrupted run. ``overwrite`` starts afresh.
+
+Longer than most modules on purpose: the pipeline's row layout (``_row``), the stages
+that fill it and the writer that empties it change together; codec calibration and Ray
+start-up live elsewhere (``calibrate.py``, ``platform/cluster.py``).
 """
 
 from __future__ import annotations
@@ -29,8 +35,7 @@ import csv
 import hashlib
 import io
 import json
-import logging
-import os
+import sys
 import time
 from collections import Counter, defaultdict
 
@@ -279,17 +284,17 @@ class ShardWriter:
             source_seconds += rows[0]["file_seconds"]
             encoded_seconds += sum(r["duration"] for r in rows)
         name = shards.part_name(group)
-        shards.write_table(
-            self.fs,
-            shards.join(self.root, shards.ERRORS, name + ".parquet"),
-            shards.errors_table(bad),
-        )
-        shards.write_table(
-            self.fs,
-            shards.join(self.root, shards.SHARDS, name + ".parquet"),
-            shards.shard_table(good, self.meta),
-        )
-        marker = {
+        errors_file = shards.join(shards.ERRORS, name + ".parquet")
+        shard_file = shards.join(shards.SHARDS, name + ".parquet")
+        checksums = {
+            errors_file: shards.write_table(
+                self.fs, shards.join(self.root, errors_file), shards.errors_table(bad)
+            ),
+            shard_file: shards.write_table(
+                self.fs, shards.join(self.root, shard_file), shards.shard_table(good, self.meta)
+            ),
+        }
+        counts = {
             "files": len(files),
             "files_failed": len(bad),
             "segments": len(good),
@@ -297,7 +302,7 @@ class ShardWriter:
             "encoded_seconds": round(encoded_seconds, 6),
             "reasons": dict(sorted(reasons.items())),
         }
-        shards.write_json(self.fs, shards.join(self.root, shards.PROGRESS, name + ".json"), marker)
+        shards.write_marker(self.fs, self.root, name, counts, checksums)
 
     def unfinished(self) -> list[int]:
         return sorted(g for g in self.expected if self.done_files[g] < self.expected[g])
@@ -428,15 +433,6 @@ def prepare_output(fs, root: str, info: dict, overwrite: bool) -> None:
     shards.write_json(fs, shards.join(root, shards.DATASET_FILE), info)
 
 
-def ensure_ray() -> None:
-    """Connect to the cluster in RAY_ADDRESS, or start a local one (Ray edge)."""
-    import ray
-
-    if not ray.is_initialized():
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        ray.init(include_dashboard=False, logging_level=logging.WARNING)
-
-
 def encoder_resources(data) -> dict:
     """Resources of one codec actor: a GPU each when the cluster has them, else CPUs."""
     import ray
@@ -487,6 +483,11 @@ def tokenize(
     if not data.input or not data.output:
         raise UsageError("tokenize needs an input (--input) and an output (--output)")
     started = time.time()
+    fs, root = sources.resolve(data.output)
+    check_output(fs, root, data.output)
+    from music_gen.platform.cluster import check_address
+
+    check_address()  # a cluster address nothing answers at: before anything is written
     codec = build(cfg.codec)
     if data.channels != codec.channels:
         raise UsageError(
@@ -502,7 +503,6 @@ def tokenize(
         )
     per_shard = data.files_per_shard
     groups = [records[i : i + per_shard] for i in range(0, len(records), per_shard)]
-    fs, root = sources.resolve(data.output)
     settings = {k: getattr(data, k) for k in OUTPUT_SETTINGS}
     info = {
         "format_version": shards.FORMAT_VERSION,
@@ -515,13 +515,42 @@ def tokenize(
         "sources_digest": hashlib.sha1("\n".join(r["path"] for r in records).encode()).hexdigest(),
     }
     prepare_output(fs, root, info, overwrite)
-    done = set(completed_shards(fs, root))
+    done, redone = verified_shards(fs, root)
+    for name, why in sorted(redone.items()):
+        print(f"music-gen: note: shard {name} is damaged ({why}): redoing it", file=sys.stderr)
     todo = [g for g in range(len(groups)) if shards.part_name(g) not in done][: max_shards or None]
     run = run_shards(groups, todo, cfg, {**settings, **meta}, fs, root, meta, progress)
     summary = summarize(fs, root, len(groups), len(todo), run, started)
+    summary["shards_redone"] = redone
     write_reports(fs, root, summary)
     check_error_share(summary, data.max_error_fraction)
     return summary
+
+
+def check_output(fs, root: str, output: str) -> None:
+    """Before any work: the output is a folder (or can be made), not a file."""
+    import pyarrow.fs as pafs
+
+    from music_gen import outputs
+
+    if isinstance(fs, pafs.LocalFileSystem):
+        outputs.check_dir(root, "--output")
+    elif fs.get_file_info(root).type == pafs.FileType.File:
+        raise UsageError(f"--output {output} is a file, not a folder; give a folder")
+
+
+def verified_shards(fs, root: str) -> tuple[set[str], dict[str, str]]:
+    """``(done, redone)``: shards whose marker vouches for intact files, and the damaged
+    ones (name -> why), whose markers are removed so that this run writes them again."""
+    done, redone = set(), {}
+    for name in completed_shards(fs, root):
+        damage = shards.shard_damage(fs, root, shards.read_marker(fs, root, name))
+        if damage is None:
+            done.add(name)
+            continue
+        redone[name] = damage
+        fs.delete_file(shards.marker_path(root, name))
+    return done, redone
 
 
 def completed_shards(fs, root: str) -> list[str]:
@@ -538,6 +567,10 @@ def run_shards(groups, todo, cfg, settings, fs, root, meta, show_progress) -> di
     from tqdm import tqdm
 
     num_files = sum(len(groups[g]) for g in todo)
+    if any(not record["stage"] for g in todo for record in groups[g]):
+        from music_gen.platform.cluster import ensure_ray
+
+        ensure_ray()  # before the bar: it takes the terminal's stderr as it is then
     bar = tqdm(total=num_files, unit="file", desc="tokenize", disable=not show_progress or not todo)
     counts = Counter()
     first_output = None
@@ -561,10 +594,6 @@ def run_shards(groups, todo, cfg, settings, fs, root, meta, show_progress) -> di
             else:
                 pending.append(record)
     if pending:
-        import ray.data
-
-        ray.data.DataContext.get_current().enable_progress_bars = False
-        ensure_ray()
         for batch in build_pipeline(pending, cfg, settings).iter_batches(
             batch_size=None, batch_format="pyarrow"
         ):
@@ -577,15 +606,18 @@ def run_shards(groups, todo, cfg, settings, fs, root, meta, show_progress) -> di
     return {"seconds": counts["seconds"], "first_output": first_output}
 
 
+MARKER_COUNTS = ("files", "files_failed", "segments", "source_seconds", "encoded_seconds")
+
+
 def summarize(fs, root: str, num_shards: int, ran: int, run: dict, started: float) -> dict:
     """Totals over every completed shard (this run's and earlier ones) plus this run's speed."""
     encoded, wall = run["seconds"], time.time() - started
     totals, reasons = Counter(), Counter()
     complete = completed_shards(fs, root)
     for name in complete:
-        marker = shards.read_json(fs, shards.join(root, shards.PROGRESS, name + ".json"))
-        reasons.update(marker.pop("reasons"))
-        totals.update(marker)
+        marker = shards.read_marker(fs, root, name) or {}
+        reasons.update(marker.get("reasons", {}))
+        totals.update({k: marker.get(k, 0) for k in MARKER_COUNTS})
     return {
         "shards": num_shards,
         "shards_complete": len(complete),
@@ -641,49 +673,6 @@ def format_summary(summary: dict) -> str:
         ),
         ("audio s / wall s", f"{summary['audio_seconds_per_second']:.1f}"),
     ]
+    redone = summary.get("shards_redone") or {}
+    lines += [("shard redone", f"{name}: {why}") for name, why in sorted(redone.items())]
     return "\n".join(f"{name:<18}{value}" for name, value in lines)
-
-
-# --- codec calibration ----------------------------------------------------------------------
-
-
-def calibrate(
-    input: str, output: str, codec_config, max_seconds: float = 600.0, seed: int = 0
-) -> dict:
-    """Fit the codebooks of ``codec_config``'s codec on audio listed from ``input``; save it.
-
-    Files are visited in a seeded random order so that the ``max_seconds`` sample spreads
-    over the whole input; remote files are fetched to a temporary directory first.
-    """
-    import random
-    import tempfile
-
-    from music_gen.models.codec import build_codec as build
-    from music_gen.models.codec import calibrate_from_files
-
-    records = [r for r in sources.list_sources(input) if not r["stage"]]
-    if not records:
-        raise UsageError(f"no usable audio files in {input}")
-    random.Random(seed).shuffle(records)
-    codec = build(codec_config)
-    # Enough files to fill the budget even if some are short or unreadable.
-    sample = records[: max(8, int(max_seconds // 2))]
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = [fetch(r["path"], tmp, i) for i, r in enumerate(sample)]
-        calibrate_from_files(paths, codec, max_seconds=max_seconds, seed=seed)
-    codec.save(output)
-    return {"files": len(sample), **codec_metadata(codec, codec_config)}
-
-
-def fetch(uri: str, directory: str, index: int) -> str:
-    """A local path for ``uri``: itself when local, else a copy in ``directory``."""
-    if "://" not in uri:
-        return uri
-    local = os.path.join(directory, f"{index:06d}{os.path.splitext(uri)[1]}")
-    try:
-        data = sources.read_bytes(uri)
-    except OSError:
-        return local  # missing: calibrate_from_files skips it with a warning
-    with open(local, "wb") as handle:
-        handle.write(data)
-    return local

@@ -12,13 +12,18 @@ address (``http://head:8265``, preferred) or the cluster's GCS address
 (``head:6379``). ``--address`` wins over the environment (Ray's own client lets
 ``RAY_ADDRESS`` override its argument; ``connect`` hides it while it resolves).
 
-What the job carries (``runtime_env``): ``working_dir`` is the project root (the
-``music_gen`` package, ``configs/``, ``pyproject.toml``), uploaded to the cluster and
-made the job's working directory, so the cluster runs this checkout's code and the
-relative config paths of the command resolve there. Left out: ``.venv``, ``.git``,
-``work/`` (local data, runs, MLflow store), caches and test outputs (the
-``.gitignore`` is honoured as well). Data and checkpoints must therefore be paths
-the cluster can read (shared storage, ``s3://``, ``gs://``). Environment variables:
+What the job carries (``runtime_env``): ``working_dir`` is the folder the user runs
+``submit`` from (or ``--working-dir``), uploaded to the cluster and made the job's
+working directory, so the command's relative paths (configs, data) resolve there as they
+do here. The ``music_gen`` package travels too (``py_modules``) unless it is inside that
+folder, so the cluster runs the submitter's code. Left out: ``.git``, ``.venv``, caches,
+build outputs and the platform's own state (``work/runs``, ``work/mlartifacts``,
+``work/models``, ``mlflow.db``); ``.rayignore`` files are honoured, ``.gitignore`` is not
+(it leaves out data that the command needs, ``work/`` above all). Before anything is
+uploaded, ``plan_upload`` lists the files, refuses an upload over Ray's 512 MiB package
+limit and any local path in the command that would not reach the cluster (outside the
+folder, or left out), and the command prints what it uploads. Large data belongs on
+storage every node reads (``s3://``, ``gs://``, a shared mount). Environment variables:
 telemetry off (``RAY_USAGE_STATS_ENABLED=0``, ``MLFLOW_DISABLE_TELEMETRY=true``,
 ``HF_HUB_DISABLE_TELEMETRY=1``), ``MLFLOW_TRACKING_URI`` and ``HF_HUB_OFFLINE``
 passed on when set here, and any ``--env KEY=VALUE``. The cluster's Python must
@@ -52,6 +57,7 @@ import os
 import shlex
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from music_gen.errors import MusicGenError, UsageError
@@ -60,26 +66,25 @@ ADDRESS_VARIABLES = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
 EXCLUDES = [
     ".git",
     ".venv",
-    "work",
+    "work/runs",
+    "work/mlartifacts",
+    "work/models",
+    "work/mlflow.db",
     "mlruns",
     "mlartifacts",
     "ray_results",
-    "*.db",
     "**/__pycache__",
     ".pytest_cache",
     ".ruff_cache",
+    ".mypy_cache",
     ".hypothesis",
     "*.egg-info",
     "build",
     "dist",
-    "*.wav",
-    "*.flac",
-    "*.mp3",
-    "*.ogg",
-    "*.safetensors",
-    "*.pt",
-    "*.ckpt",
 ]
+"""Left out of the upload (gitignore patterns, relative to the working dir)."""
+MAX_UPLOAD_BYTES = 512 * 1024**2
+"""Ray's limit on one runtime-env package (its gRPC message size)."""
 JOB_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -98,7 +103,7 @@ def auth_token() -> str | None:
     """The cluster token as Ray finds it (env, token path, ~/.ray/auth_token), or None."""
     if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
         return None
-    from ray._raylet import AuthenticationTokenLoader
+    from ray._raylet import AuthenticationTokenLoader  # type: ignore[attr-defined]
 
     loader = AuthenticationTokenLoader.instance()
     if not loader.has_token(ignore_auth_mode=True):
@@ -129,6 +134,20 @@ def _without_env(names):
         yield
     finally:
         os.environ.update(saved)
+
+
+@contextlib.contextmanager
+def _with_env(values: dict[str, str]):
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def describe_address(address: str | None) -> str:
@@ -181,27 +200,98 @@ def _first_line(exc: BaseException) -> str:
 # --- what the job carries ------------------------------------------------------------------------
 
 
-def project_root() -> Path | None:
-    """The checkout that holds the ``music_gen`` package (None for a wheel install)."""
-    root = Path(__file__).resolve().parents[2]
-    return root if (root / "pyproject.toml").is_file() and (root / "music_gen").is_dir() else None
+@dataclass
+class Upload:
+    """What a job's ``working_dir`` will carry."""
+
+    root: Path
+    files: set[Path]
+    bytes: int
+    ships_package: bool
+
+    def describe(self) -> str:
+        extra = " and the music_gen package" if self.ships_package else ""
+        return f"uploading {self.root} ({len(self.files)} files, {self.bytes / 1e6:.1f} MB){extra}"
 
 
-def runtime_env(working_dir: str | None = None, env: dict[str, str] | None = None) -> dict:
-    """The job's runtime environment: the project as ``working_dir``, telemetry off."""
+def package_dir() -> Path:
+    return Path(__file__).resolve().parents[1]
+
+
+def plan_upload(working_dir: str | None = None) -> Upload:
+    """The files Ray will upload from ``working_dir`` (default: the current folder), found
+    with Ray's own walk and exclude rules."""
+    from ray._private.runtime_env.packaging import _dir_travel, _get_excludes
+
+    root = Path(working_dir or Path.cwd()).expanduser().resolve()
+    if not root.is_dir():
+        raise UsageError(f"--working-dir {root} is not a directory")
+    files: set[Path] = set()
+    sizes = [0]
+
+    def add(path: Path) -> None:
+        if path.is_file():
+            files.add(path.resolve())
+            sizes[0] += path.stat().st_size
+
+    quiet = logging.getLogger("music_gen.upload")  # Ray logs each .rayignore it reads
+    quiet.setLevel(logging.WARNING)
+    _dir_travel(root, [_get_excludes(root, EXCLUDES)], add, include_gitignore=False, logger=quiet)
+    inside = package_dir().is_relative_to(root)
+    upload = Upload(root, files, sizes[0], ships_package=not inside)
+    if upload.bytes > MAX_UPLOAD_BYTES:
+        raise UsageError(
+            f"{root} holds {upload.bytes / 1e6:.0f} MB to upload, over Ray's "
+            f"{MAX_UPLOAD_BYTES // 1024**2} MiB limit: put data on storage the cluster reads "
+            "(s3://, gs://, a shared mount), or submit from a smaller --working-dir"
+        )
+    return upload
+
+
+def _local_paths(command: list[str]) -> list[str]:
+    """Arguments (and ``key=value`` override values) that name existing relative paths."""
+    found = []
+    for word in command:
+        value = word.partition("=")[2] if "=" in word and not word.startswith("-") else word
+        if value and "://" not in value and not value.startswith("/") and Path(value).exists():
+            found.append(value)
+    return found
+
+
+def check_paths(command: list[str], upload: Upload) -> None:
+    """Refuse a command whose local paths would not exist on the cluster."""
+    for value in _local_paths(command):
+        path = Path(value).resolve()
+        if not path.is_relative_to(upload.root):
+            raise UsageError(
+                f"'{value}' is outside the uploaded folder {upload.root}: submit from a folder "
+                "that holds it (--working-dir), or give a path the cluster reads (s3://, ...)"
+            )
+        wanted = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+        if any(p.resolve() not in upload.files for p in wanted):
+            raise UsageError(
+                f"'{value}' is left out of the upload (platform state, caches or .rayignore): "
+                "give the cluster a path it reads (s3://, a shared mount)"
+            )
+
+
+def runtime_env(
+    working_dir: str | None = None,
+    env: dict[str, str] | None = None,
+    upload: Upload | None = None,
+) -> dict:
+    """The job's runtime environment: the working dir (and the package), telemetry off."""
+    upload = upload or plan_upload(working_dir)
     env_vars = dict(JOB_ENV)
     env_vars.update({name: os.environ[name] for name in PASS_THROUGH if os.environ.get(name)})
     env_vars.update(env or {})
-    spec: dict = {"env_vars": env_vars, "excludes": list(EXCLUDES)}
-    root = Path(working_dir) if working_dir else project_root()
-    if root is None:
-        # Installed from a wheel: ship the package itself; configs come from the cwd.
-        package = Path(__file__).resolve().parents[1]
-        spec["py_modules"] = [str(package)]
-        root = Path.cwd()
-    if not root.is_dir():
-        raise UsageError(f"--working-dir {root} is not a directory")
-    spec["working_dir"] = str(root)
+    spec: dict = {
+        "env_vars": env_vars,
+        "excludes": list(EXCLUDES),
+        "working_dir": str(upload.root),
+    }
+    if upload.ships_package:
+        spec["py_modules"] = [str(package_dir())]
     return spec
 
 
@@ -230,16 +320,20 @@ def parse_env(pairs: list[str]) -> dict[str, str]:
 # --- the job commands --------------------------------------------------------------------------
 
 
-def submit(client, command: list[str], working_dir=None, env=None, submission_id=None) -> str:
+def submit(
+    client, command: list[str], working_dir=None, env=None, submission_id=None, upload=None
+) -> str:
     """Submit ``music-gen <command>``; returns the job (submission) id."""
-    spec = runtime_env(working_dir, env)
+    spec = runtime_env(working_dir, env, upload)
     try:
-        return client.submit_job(
-            entrypoint=entrypoint(command),
-            runtime_env=spec,
-            submission_id=submission_id,
-            metadata={"submitted_by": "music-gen"},
-        )
+        # The upload follows EXCLUDES and .rayignore, not .gitignore (see the module doc).
+        with _with_env({"RAY_RUNTIME_ENV_IGNORE_GITIGNORE": "1"}):
+            return client.submit_job(
+                entrypoint=entrypoint(command),
+                runtime_env=spec,
+                submission_id=submission_id,
+                metadata={"submitted_by": "music-gen"},
+            )
     except (RuntimeError, ValueError) as exc:
         raise MusicGenError(f"the cluster rejected the job: {_first_line(exc)}") from None
 

@@ -9,14 +9,29 @@ command is re-run (so a resumed run keeps logging into the same MLflow run). The
 driver creates it and logs the parameters and the resolved config; rank 0 of the
 workers logs metrics and samples through ``RunLogger``; the driver logs the final
 model as an MLflow pyfunc model whose artifacts are our checkpoint directory (the
-model code is a file, not a pickle), ready for ``mlflow.register_model``.
+model code is a file, not a pickle), registered (when asked) by
+``registry.register_model``, the one registration.
+
+This module is the one owner of the tracking URI (``tracking_uri``; ``activate`` is the
+only place that sets MLflow's global one), of experiment creation (with the artifact
+location beside a sqlite store) and of model logging. ``shared_tracking`` gives a sweep
+a URI that concurrent trials can all log to (a local ``mlflow server`` over the sqlite
+store); ``local_server`` starts that server, as a cluster's head node would on
+PostgreSQL.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import socket
+import subprocess
+import sys
 import tempfile
 import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 from music_gen.errors import MusicGenError
@@ -24,6 +39,8 @@ from music_gen.errors import MusicGenError
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # Its download bars would clutter the training log (log_model downloads to validate).
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# Nor a "View run at" link each time a run on a tracking server ends.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 RUN_NAME_TAG = "music_gen.run_name"
 STORAGE_TAG = "music_gen.storage"
@@ -48,14 +65,45 @@ def work_dir() -> Path:
     return Path(os.environ.get("MUSIC_GEN_WORK_DIR", "work")).expanduser().resolve()
 
 
-def tracking_uri(explicit: str | None = None) -> str:
-    """``explicit``, else ``$MLFLOW_TRACKING_URI``, else the sqlite file in the work dir."""
+def tracking_uri(explicit: str | None = None, create: bool = True) -> str:
+    """``explicit``, else ``$MLFLOW_TRACKING_URI``, else the sqlite file in the work dir
+    (whose folder is made unless ``create`` is false)."""
     uri = explicit or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri
     root = work_dir()
-    root.mkdir(parents=True, exist_ok=True)
+    if create:
+        root.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def existing_store(explicit: str | None = None, wanted: str = "") -> str:
+    """The tracking URI to read from, refused when it is a local store that does not exist.
+
+    Reading (resolving ``runs:/`` or ``models:/`` URIs) must not create a store: MLflow
+    would make an empty ``mlflow.db`` (and ``./work``) wherever the user happens to be.
+    """
+    uri = tracking_uri(explicit, create=False)
+    local = _local_store_path(uri)
+    if local is not None and not local.exists():
+        raise MusicGenError(
+            f"no MLflow store at {local}, so no such run or model"
+            + (f" as '{wanted}'" if wanted else "")
+            + "; set "
+            "MLFLOW_TRACKING_URI (or MUSIC_GEN_WORK_DIR) to the store training logged to"
+        )
+    return uri
+
+
+def _local_store_path(uri: str) -> Path | None:
+    """The file or folder of an embedded store (``sqlite:///x.db``, ``file:///d``, a path)."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///") :])
+    if uri.startswith("file://"):
+        return Path(uri[len("file://") :])
+    if "://" not in uri and ":" not in uri.split("/", 1)[0]:
+        return Path(uri)
+    return None
 
 
 def _artifact_root(uri: str) -> str | None:
@@ -86,6 +134,109 @@ def experiment_id(mlflow_client, name: str) -> str:
         return found.experiment_id
 
 
+def is_embedded(uri: str) -> bool:
+    """Whether ``uri`` is a store opened in-process (sqlite or files), not a server."""
+    return not uri.startswith(("http://", "https://", "databricks"))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def shared_tracking(uri: str | None = None) -> Iterator[str]:
+    """A tracking URI that many processes can log to at once.
+
+    A server URI (``http://...``, what a cluster uses) is yielded as it is. For the
+    embedded sqlite store, a local ``mlflow server`` on it serves the block (one writer
+    process: several processes writing one sqlite file lose updates to "database is
+    locked"); artifacts still go straight to the store's ``mlartifacts`` folder.
+    """
+    uri = tracking_uri(uri)
+    if not uri.startswith("sqlite:///"):
+        yield uri
+        return
+    log = Path(uri[len("sqlite:///") :]).parent / "mlflow-server.log"
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        with local_server(uri, _artifact_root(uri), log) as url:
+            yield url
+    finally:
+        # ``activate`` may have pointed the process at the server, which is gone now.
+        _restore_global(saved)
+
+
+@contextlib.contextmanager
+def local_server(
+    backend_store_uri: str, artifact_root: str, log_path: Path, timeout_s: float = 180.0
+) -> Iterator[str]:
+    """``mlflow server`` on a free loopback port for the block; yields its URL.
+
+    What a cluster runs on its head node (there with ``--host 0.0.0.0``, a PostgreSQL
+    backend store and an artifact root every node reaches).
+    """
+    port = _free_port()
+    command = [
+        sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_store_uri,
+        "--default-artifact-root", artifact_root, "--host", "127.0.0.1", "--port", str(port),
+        "--workers", "1",
+    ]  # fmt: skip
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        # Its own session, so that stopping it (by its process group) ends its workers too.
+        server = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(server, url, timeout_s, log_path)
+        yield url
+    finally:
+        _stop(server)
+
+
+def _restore_global(saved: str | None) -> None:
+    import mlflow
+
+    mlflow.set_tracking_uri(saved)
+    mlflow.set_registry_uri(saved)
+    if saved is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+        os.environ.pop("MLFLOW_REGISTRY_URI", None)
+
+
+def _wait_healthy(server: subprocess.Popen, url: str, timeout_s: float, log_path: Path) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-1:]
+            raise MusicGenError(f"the local MLflow server exited: {' '.join(tail)} ({log_path})")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    _stop(server)
+    raise MusicGenError(f"the local MLflow server did not answer within {timeout_s:g} s")
+
+
+def _stop(server: subprocess.Popen) -> None:
+    if server.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+
+
 def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
     """``{"train": {"lr": 1e-4}}`` -> ``{"train.lr": "0.0001"}`` (MLflow params are strings)."""
     flat = {}
@@ -98,11 +249,12 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def start_run(cfg, storage: str) -> str:
+def start_run(cfg, storage: str, parent_run_id: str | None = None) -> str:
     """The MLflow run of a training run: the one with this name and storage, or a new one.
 
     A new run gets every config value as a parameter; a resumed one keeps its parameters
     (MLflow forbids changing them) and gets the new resolved config as an artifact.
+    ``parent_run_id`` nests a new run under another (a sweep's trials under the sweep).
     """
     import yaml
     from mlflow.entities import Param, RunStatus
@@ -124,9 +276,10 @@ def start_run(cfg, storage: str) -> str:
         mlflow_client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
         name = f"config/resumed-{int(time.time())}.yaml"
     else:
-        run = mlflow_client.create_run(
-            exp, run_name=cfg.train.name, tags={RUN_NAME_TAG: cfg.train.name, STORAGE_TAG: storage}
-        )
+        tags = {RUN_NAME_TAG: cfg.train.name, STORAGE_TAG: storage}
+        if parent_run_id:
+            tags["mlflow.parentRunId"] = parent_run_id
+        run = mlflow_client.create_run(exp, run_name=cfg.train.name, tags=tags)
         run_id = run.info.run_id
         params = [Param(k, v) for k, v in flatten(config_tree).items()]
         for start in range(0, len(params), 100):  # MLflow takes at most 100 per batch
@@ -174,18 +327,31 @@ def _requirements() -> list[str]:
     return core or ["torch", "transformers", "safetensors"]
 
 
-def log_model(
-    uri: str | None, run_id: str, model_dir: str | Path, register_as: str | None = None
-) -> dict:
-    """Log ``model_dir`` (our checkpoint layout) as the run's MLflow model; returns its URIs.
+def activate(uri: str | None = None) -> str:
+    """Point MLflow's process-wide (fluent) API at ``uri``; returns it.
 
-    ``register_as`` also registers it as a new version of that registered model.
+    The one place that sets the global URIs: ``mlflow.pyfunc.log_model`` and
+    ``models:/`` downloads have no client argument. Everything else passes a client.
     """
     import mlflow
 
     uri = tracking_uri(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    return uri
+
+
+def log_model(
+    uri: str | None, run_id: str, model_dir: str | Path, register_as: str | None = None
+) -> dict:
+    """Log ``model_dir`` (our checkpoint layout) as the run's MLflow model; returns its URIs.
+
+    ``register_as`` also registers it (``registry.register_model``, the one registration)
+    as a new version of that registered model, tagged with the run's metrics.
+    """
+    import mlflow
+
+    uri = activate(uri)
     with tempfile.TemporaryDirectory() as tmp:
         code = Path(tmp) / "music_gen_model.py"
         code.write_text(PYFUNC_CODE)
@@ -198,8 +364,12 @@ def log_model(
             )
     result = {"model_uri": info.model_uri, "run_uri": f"runs:/{run_id}/{MODEL_NAME}"}
     if register_as:
-        version = mlflow.register_model(info.model_uri, register_as)
-        result["registered"] = f"models:/{register_as}/{version.version}"
+        from music_gen.platform import registry
+
+        version = registry.register_model(
+            info.model_uri, register_as, tracking_uri=uri, run_id=run_id
+        )
+        result["registered"] = f"models:/{register_as}/{version}"
     return result
 
 

@@ -1,0 +1,248 @@
+"""One Ray Train worker of a codec run: setup, then a flat loop.
+
+Ray appears only at the lines marked ``# [ray]``. Every rank steps (DDP; the codebook
+statistics are summed over ranks inside the forward); rank 0 initialises the codebooks
+by k-means (DDP then copies them to every rank), scores the held-out segments, logs to
+MLflow and writes the checkpoints, which are codec directories plus ``train_state/``.
+
+Reused from the LM's training: the data stream (``stream_batches``), the learning-rate
+schedule (``lr_factor``, ``set_lr``), the progress relay and the MLflow ``RunLogger``.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from music_gen.config import Config
+from music_gen.errors import CheckpointError
+from music_gen.models import codec_training as ct
+from music_gen.models.codec import TransformersCodec, calibrate_codec, save_encodec
+from music_gen.pipelines.codec.data import to_tensor
+from music_gen.pipelines.train.step import lr_factor, set_lr
+from music_gen.pipelines.train.worker import read_validation, stream_batches
+from music_gen.platform.cluster import write_line
+
+VAL_METRIC = "val_mel"
+"""What checkpoints are ranked by (lower is better)."""
+TRAIN_STATE = "train_state"
+STATE_FILE = "state.json"
+OPTIMIZER_FILE = "optimizer.pt"
+EXAMPLES = 2
+"""Held-out reconstructions logged (audio and spectrogram) at each checkpoint."""
+
+
+def build_network(cfg: Config):
+    """The codec network of ``cfg.codec`` (random weights, the same on every rank)."""
+    tc = cfg.codec.train
+    config = ct.encodec_config(
+        tc.sample_rate, tc.channels, tc.ratios, tc.num_filters, tc.latent_dim,
+        tc.lstm_layers, cfg.codec.num_codebooks, cfg.codec.cardinality,
+    )  # fmt: skip
+    return ct.build_model(config, tc.seed)
+
+
+def save_checkpoint(directory: Path, model, optimizer, state: dict) -> None:
+    save_encodec(model, directory)
+    train_dir = directory / TRAIN_STATE
+    train_dir.mkdir(parents=True, exist_ok=True)
+    (train_dir / STATE_FILE).write_text(json.dumps(state, indent=1))
+    torch.save(optimizer.state_dict(), train_dir / OPTIMIZER_FILE)
+
+
+def load_checkpoint(directory: Path, model, optimizer) -> dict:
+    """Weights and optimizer state from a checkpoint; returns its state (step, metrics)."""
+    from safetensors.torch import load_file
+
+    try:
+        model.load_state_dict(load_file(str(directory / "model.safetensors")))
+        optimizer.load_state_dict(
+            torch.load(directory / TRAIN_STATE / OPTIMIZER_FILE, weights_only=True)
+        )
+        return json.loads((directory / TRAIN_STATE / STATE_FILE).read_text())
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"cannot resume from {directory}: {exc}") from None
+
+
+def init_codebooks(model, audio: list) -> None:
+    """k-means on the latents of a few batches ``[B, C, S]``, as EnCodec's first step does."""
+    calibrate_codec(TransformersCodec(model), audio, iters=10)
+    model.train().requires_grad_(True)  # TransformersCodec freezes the model it wraps
+
+
+@torch.no_grad()
+def score(module, mel_loss, batches: list, limit: int, device) -> tuple[dict, list]:
+    """Held-out SI-SNR (dB), mel distance and codebook use; plus a few (input, output) pairs."""
+    module.eval()
+    snrs, mels, sizes, seen = [], [], [], 0
+    examples: list[tuple[torch.Tensor, torch.Tensor]] = []
+    codes_seen: list[torch.Tensor] = []
+    for rows in batches:
+        audio = to_tensor(rows).to(device)[: limit - seen]  # [B, C, S]
+        output, _, codes = module(audio)
+        output = output[..., : audio.shape[-1]]
+        snrs.append(ct.si_snr(output, audio))
+        mels.append(mel_loss(output, audio) * audio.shape[0])
+        sizes.append(audio.shape[0])
+        codes_seen.append(codes)
+        examples += list(zip(audio.cpu(), output.cpu(), strict=True))[: EXAMPLES - len(examples)]
+        seen += audio.shape[0]
+        if seen >= limit:
+            break
+    module.train()
+    codes = torch.cat(codes_seen)  # [N, K, T]
+    used = [
+        int(codes[:, k].unique().numel()) for k in range(codes.shape[1])
+    ]  # distinct codes per codebook
+    metrics = {
+        "val_si_snr": float(torch.cat(snrs).mean()),
+        VAL_METRIC: float(sum(mels) / sum(sizes)),
+        "val_codes_used": sum(used) / len(used),
+    }
+    return metrics, examples
+
+
+def log_examples(log, examples: list, sample_rate: int, step: int) -> None:
+    """Held-out inputs and their reconstructions as WAV and spectrogram PNG artifacts."""
+    if not log.enabled or not examples:
+        return
+    from music_gen.audio import write_audio
+    from music_gen.pipelines.train.samples import spectrogram_png
+
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        for index, (original, decoded) in enumerate(examples):
+            for kind, clip in (("input", original), ("output", decoded)):
+                write_audio(directory / f"{index:02d}_{kind}.wav", clip.clamp(-1, 1), sample_rate)
+                spectrogram_png(clip, directory / f"{index:02d}_{kind}.png")
+        log.artifacts(directory, f"reconstructions/step_{step:07d}")
+
+
+def train_loop_per_worker(config: dict) -> dict | None:
+    """One worker: setup, then the loop. Rank 0 logs and checkpoints, every rank steps."""
+    import ray.train  # [ray]
+    import ray.train.torch  # [ray]
+
+    from music_gen.platform.cluster import quiet_libraries
+    from music_gen.platform.tracking import RunLogger
+
+    quiet_libraries()
+    cfg = Config.model_validate(config["cfg"])
+    tc = cfg.codec.train
+    context = ray.train.get_context()  # [ray]
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device() if tc.use_gpu else torch.device("cpu")  # [ray]
+    if tc.torch_threads:
+        torch.set_num_threads(tc.torch_threads)
+
+    model = build_network(cfg)
+    module = ct.QuantizedAutoencoder(model, tc.codebook_ema, tc.dead_code_threshold)
+    optimizer = torch.optim.Adam(module.parameters(), lr=tc.lr, betas=tuple(tc.betas))
+    start, checkpoint = 0, ray.train.get_checkpoint()  # [ray] the run's latest, if any
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            start = int(load_checkpoint(Path(directory), model, optimizer)["step"])
+    # Batches are a function of the step: a resumed run draws afresh, not a replay.
+    batches = stream_batches(
+        ray.train.get_dataset_shard("train"),  # [ray]
+        tc.batch_size, 1024, tc.seed + 7919 * rank + start, 0, 0,
+    )  # fmt: skip
+    if start == 0:
+        # Every rank draws the batches (Ray Data's split streams feed all ranks in step);
+        # rank 0's fit the codebooks.
+        sample = [to_tensor(next(batches)[2]) for _ in range(tc.kmeans_batches)]
+        if rank == 0:
+            init_codebooks(model, sample)
+    module.to(device).train()
+    wrapped = module
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # Construction copies rank 0's weights and k-means codebooks to every rank; the
+        # codebooks then stay equal by the summed statistics of the forward.
+        wrapped = DistributedDataParallel(module, forward_sync_buffers=False)
+    mel_loss = ct.MelLoss(tc.sample_rate).to(device)
+    val_data = None
+    log = RunLogger(config["tracking_uri"], config["run_id"], enabled=rank == 0)
+    relay = config.get("relay")
+
+    def say(text: str) -> None:
+        if rank == 0:
+            write_line(relay, text)
+
+    where = f"resuming at step {start}" if start else "from step 0"
+    say(f"[codec] {world} worker(s), {device}, {where} of {tc.steps}")
+    window: dict[str, float] = {}
+    window_steps, window_start, metrics = 0, time.perf_counter(), {}
+    for step in range(start, tc.steps):
+        rows = next(batches)[2]
+        audio = to_tensor(rows).to(device)  # [B, C, S]
+        set_lr(optimizer, tc.lr * lr_factor(step, tc.warmup_steps, tc.steps, tc.min_lr_ratio))
+        output, commitment, _ = wrapped(audio)
+        losses = ct.reconstruction_losses(output, audio, mel_loss)
+        losses["commitment"] = commitment
+        loss = (
+            tc.l1_weight * losses["l1"]
+            + tc.mel_weight * losses["mel"]
+            + tc.commitment_weight * commitment
+        )
+        if tc.si_snr_weight:
+            losses["si_snr"] = ct.si_snr(output, audio).mean()
+            loss = loss - tc.si_snr_weight * losses["si_snr"] / 10
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(module.parameters(), tc.grad_clip)
+        optimizer.step()
+        for name, value in {"loss": loss, **losses}.items():
+            window[name] = window.get(name, 0.0) + float(value.detach())
+        window_steps += 1
+        done = step + 1
+        if done % tc.log_every == 0 or done == tc.steps:
+            seconds = time.perf_counter() - window_start
+            metrics = {f"train_{k}": v / window_steps for k, v in window.items()}
+            metrics["audio_seconds_per_s"] = (
+                window_steps * audio.shape[0] * audio.shape[-1] * world
+            ) / (tc.sample_rate * max(seconds, 1e-9))
+            log.metrics(metrics, done)
+            say(
+                f"[codec] step {done}/{tc.steps} loss {metrics['train_loss']:.4f} "
+                f"l1 {metrics['train_l1']:.4f} mel {metrics['train_mel']:.3f}"
+            )
+            window, window_steps, window_start = {}, 0, time.perf_counter()
+        if done % tc.checkpoint_every == 0 or done == tc.steps:
+            report = {"step": done, **metrics}
+            if rank == 0:
+                val_data = val_data or read_validation(
+                    ray.train.get_dataset_shard("val"),
+                    tc.batch_size,
+                    None,
+                    1,  # [ray]
+                )
+                # No held-out file (a single input file): the last batch is scored instead.
+                scores, examples = score(
+                    module, mel_loss, val_data or [rows], tc.max_val_segments, device
+                )
+                report.update(scores)
+                log.metrics(scores, done)
+                log_examples(log, examples, tc.sample_rate, done)
+                say(
+                    f"[codec] step {done} held-out SI-SNR {scores['val_si_snr']:.2f} dB "
+                    f"mel {scores[VAL_METRIC]:.3f}"
+                )
+                state = {"step": done, "metrics": report, "config": cfg.model_dump(mode="json")}
+                with tempfile.TemporaryDirectory() as tmp:
+                    save_checkpoint(Path(tmp), model, optimizer, state)
+                    ray.train.report(  # [ray] persisted to <storage>/<name>/checkpoint_<step>
+                        report,
+                        checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                        checkpoint_dir_name=f"checkpoint_{done:07d}",
+                    )
+            else:
+                ray.train.report(report, checkpoint=None)  # [ray] a barrier: every rank reports
+    if rank != 0:
+        return None
+    return {"start_step": start, "end_step": tc.steps, "world_size": world}

@@ -1,0 +1,194 @@
+"""Tiny models and datasets for tests and benchmarks: built in code, nothing downloaded.
+
+- ``tiny_model_config`` / ``tiny_codec_config`` / ``tiny_musicgen``: our model at toy size;
+- ``transformers_musicgen``: a random transformers ``MusicgenForConditionalGeneration``
+  (saved with its tokenizer when given a directory), sized by config overrides;
+- ``synth_codes`` / ``write_dataset`` / ``make_synth_dataset``: a tokenized dataset of
+  one shard written straight with the shard helpers (much faster than the Ray Data
+  pipeline on two cores, and the same format);
+- ``sine``: a test tone.
+
+Heavy imports (torch, transformers) happen inside the functions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from music_gen.config import CodecConfig, ModelConfig, TextEncoderConfig
+
+
+def tiny_model_config(**overrides) -> ModelConfig:
+    fields = {
+        "preset": "debug",
+        "dim": 32,
+        "num_layers": 2,
+        "num_heads": 2,
+        "num_codebooks": 4,
+        "cardinality": 64,
+        "max_frames": 64,
+        "text": TextEncoderConfig(dim=16, num_layers=1, num_heads=2),
+        **overrides,
+    }
+    return ModelConfig(**fields)
+
+
+def tiny_codec_config(**overrides) -> CodecConfig:
+    return CodecConfig(**{"num_codebooks": 4, "cardinality": 64, **overrides})
+
+
+def tiny_musicgen(seed: int = 0, **model_overrides):
+    import torch
+
+    from music_gen import MusicGen
+    from music_gen.models.codec import build_codec
+
+    torch.manual_seed(seed)
+    return MusicGen.from_config(
+        tiny_model_config(**model_overrides), build_codec(tiny_codec_config())
+    )
+
+
+def sine(freq: float, seconds: float, rate: int, channels: int = 1):
+    import torch
+
+    t = torch.arange(int(seconds * rate)) / rate
+    wave = 0.5 * torch.sin(2 * math.pi * freq * t)
+    return wave.expand(channels, -1).clone()  # [C, S]
+
+
+# -- transformers MusicGen ----------------------------------------------------------------
+
+TEXT = {"vocab_size": 384, "d_model": 16, "d_kv": 8, "d_ff": 32, "num_layers": 1, "num_heads": 2}
+"""T5 text encoder fields (``T5Config``) of the default tiny model."""
+CODEC = {
+    "sampling_rate": 16000, "audio_channels": 1, "num_filters": 4, "hidden_size": 16,
+    "upsampling_ratios": [8, 5, 4, 2], "codebook_size": 64, "codebook_dim": 16,
+    "target_bandwidths": [1.2], "num_lstm_layers": 1,
+}  # fmt: skip
+"""EnCodec fields (``EncodecConfig``): 16 kHz, hop 320 -> 50 Hz, 4 codebooks of 64 at 1.2 kbps."""
+DECODER = {
+    "vocab_size": 64, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+    "ffn_dim": 64, "num_codebooks": 4, "max_position_embeddings": 128,
+}  # fmt: skip
+"""Decoder fields (``MusicgenDecoderConfig``); pad and start tokens are ``vocab_size``."""
+
+
+def transformers_musicgen(
+    directory: str | Path | None = None,
+    *,
+    text: dict | None = None,
+    codec: dict | None = None,
+    decoder: dict | None = None,
+    seed: int = 0,
+):
+    """A random transformers MusicGen: ``TEXT``, ``CODEC``, ``DECODER`` updated with the
+    given fields; saved with a ByT5 tokenizer to ``directory`` when given (the
+    ``save_pretrained`` layout ``MusicGen.from_pretrained`` imports).
+    Returns ``(model in eval mode, tokenizer)``."""
+    import torch
+    from transformers import (
+        ByT5Tokenizer,
+        EncodecConfig,
+        MusicgenConfig,
+        MusicgenDecoderConfig,
+        MusicgenForConditionalGeneration,
+        T5Config,
+    )
+
+    torch.manual_seed(seed)
+    decoder_fields = {**DECODER, **(decoder or {})}
+    special = decoder_fields["vocab_size"]
+    config = MusicgenConfig(
+        text_encoder=T5Config(**{**TEXT, **(text or {})}),
+        audio_encoder=EncodecConfig(**{**CODEC, **(codec or {})}),
+        decoder=MusicgenDecoderConfig(
+            **{"pad_token_id": special, "bos_token_id": special, **decoder_fields}
+        ),
+    )
+    model = MusicgenForConditionalGeneration(config).eval()
+    tokenizer = ByT5Tokenizer()
+    if directory is not None:
+        model.save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
+    return model, tokenizer
+
+
+# -- tokenized datasets -------------------------------------------------------------------
+
+
+def synth_codes(codec, num_clips: int, seconds: float, seed: int = 0, classes=None):
+    """Codes ``[K, T]`` and sidecar metadata of synth clips ``0 .. num_clips - 1`` encoded
+    by ``codec`` (classes cycle; ``classes`` picks a subset)."""
+    import numpy as np
+    import torch
+
+    from music_gen.pipelines import synth
+
+    extra = {"classes": classes} if classes else {}
+    clips = [
+        synth.make_clip(i, seconds, seed=seed, sample_rate=codec.sample_rate, **extra)
+        for i in range(num_clips)
+    ]
+    audio = torch.from_numpy(np.stack([a for a, _ in clips]))  # [N, 1, S]
+    codes = torch.cat([codec.encode(batch) for batch in audio.split(8)])  # [N, K, T]
+    return list(codes.numpy()), [meta for _, meta in clips]
+
+
+def write_dataset(root, codes: list, metas: list[dict], codec, save_codec: bool = True) -> str:
+    """A tokenized dataset at ``root``: one shard of rows (codes ``[K, T]`` with their sidecar
+    metadata), ``dataset.json``, the shard's progress marker and, with ``save_codec``, the
+    codec in ``<root>/codec`` as a tokenized dataset keeps it."""
+    from music_gen.pipelines import shards, sources
+    from music_gen.pipelines.tokenize import codec_metadata
+
+    root = Path(root)
+    if save_codec:
+        codec.save(root / "codec")
+        codec_config = CodecConfig(source=str(root / "codec"))
+    else:
+        codec_config = CodecConfig(num_codebooks=codec.num_codebooks, cardinality=codec.cardinality)
+    meta = codec_metadata(codec, codec_config)
+    rows = []
+    for index, (row_codes, info) in enumerate(zip(codes, metas, strict=True)):
+        name, frames = info.get("name", index), row_codes.shape[-1]
+        rows.append(
+            {
+                "id": f"{name}-00000",
+                "source": f"/data/{name}.wav",
+                "segment": 0,
+                "start": 0.0,
+                "duration": frames / meta["frame_rate"],
+                "caption": info["description"],
+                "genre": info.get("genre"),
+                "moods": info.get("moods"),
+                "key": info.get("key"),
+                "bpm": info.get("bpm"),
+                "instrument": info.get("instrument"),
+                "attributes": json.dumps(info, sort_keys=True),
+                "codes": shards.codes_to_bytes(row_codes),
+                "num_codebooks": row_codes.shape[0],
+                "frames": frames,
+            }
+        )
+    fs, path = sources.resolve(str(root))
+    part = shards.part_name(0)
+    table = shards.shard_table(rows, meta)
+    shard_file = shards.join(shards.SHARDS, part + ".parquet")
+    record = shards.write_table(fs, shards.join(path, shard_file), table)
+    info = {"format_version": shards.FORMAT_VERSION, "codec": meta, "num_shards": 1}
+    shards.write_json(fs, shards.join(path, shards.DATASET_FILE), {**info, "settings": {}})
+    counts = {"files": len(rows), "files_failed": 0, "segments": len(rows), "reasons": {}}
+    shards.write_marker(fs, path, part, counts, {shard_file: record})
+    return str(root)
+
+
+def make_synth_dataset(
+    root, codec, num_clips: int = 24, seconds: float = 1.0, seed: int = 0, **options
+) -> str:
+    """``write_dataset`` of ``synth_codes``; ``options``: ``classes``, ``save_codec``."""
+    classes = options.pop("classes", None)
+    codes, metas = synth_codes(codec, num_clips, seconds, seed, classes)
+    return write_dataset(root, codes, metas, codec, **options)
