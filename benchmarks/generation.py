@@ -6,7 +6,13 @@ with sampling (top-k 250), guidance 3.0 and 250 decoding steps, at batch 1 and 8
 Neither side decodes audio (transformers' codec call is swapped for a no-op), so the
 figure is the language model's decoding loop. Runs alternate and the median counts.
 
+Variants (``--variants``): ``mono`` (the top-level ``batch_N`` rows), ``stereo`` (the
+same decoder with 2 x 4 interleaved codebooks) and ``melody`` (a MusicGen-Melody
+decoder of the same size, conditioned on a 10 s melody: both sides compute its chroma
+inside the timed call, 235 chroma frames prefixed to the text).
+
     python benchmarks/generation.py [--steps 250] [--repeats 3] [--dtype float32|bfloat16]
+                                    [--variants mono stereo melody]
 
 Prints one JSON line.
 """
@@ -33,13 +39,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 
-def build_transformers_model(directory: Path):
+def build_transformers_model(directory: Path, variant: str = "mono"):
     from transformers import (
         ByT5Tokenizer,
         EncodecConfig,
         MusicgenConfig,
         MusicgenDecoderConfig,
         MusicgenForConditionalGeneration,
+        MusicgenMelodyConfig,
+        MusicgenMelodyDecoderConfig,
+        MusicgenMelodyFeatureExtractor,
+        MusicgenMelodyForConditionalGeneration,
         T5Config,
     )
 
@@ -65,29 +75,55 @@ def build_transformers_model(directory: Path):
         target_bandwidths=[2.2],
         num_lstm_layers=1,
     )
-    decoder = MusicgenDecoderConfig(
-        vocab_size=2048,
-        hidden_size=512,
-        num_hidden_layers=8,
-        num_attention_heads=8,
-        ffn_dim=2048,
-        num_codebooks=4,
-        max_position_embeddings=2048,
-    )
-    model = MusicgenForConditionalGeneration(
-        MusicgenConfig(text_encoder=text, audio_encoder=codec, decoder=decoder)
-    ).eval()
+    sizes = {
+        "vocab_size": 2048,
+        "hidden_size": 512,
+        "num_hidden_layers": 8,
+        "num_attention_heads": 8,
+        "ffn_dim": 2048,
+        "max_position_embeddings": 2048,
+    }
+    if variant == "melody":
+        decoder = MusicgenMelodyDecoderConfig(**sizes, num_codebooks=4)
+        config = MusicgenMelodyConfig(text_encoder=text, audio_encoder=codec, decoder=decoder)
+        model = MusicgenMelodyForConditionalGeneration(config).eval()
+        MusicgenMelodyFeatureExtractor().save_pretrained(directory)  # 32 kHz, hop 4096
+    else:
+        channels = 2 if variant == "stereo" else 1
+        decoder = MusicgenDecoderConfig(
+            **sizes, num_codebooks=4 * channels, audio_channels=channels
+        )
+        config = MusicgenConfig(text_encoder=text, audio_encoder=codec, decoder=decoder)
+        model = MusicgenForConditionalGeneration(config).eval()
     model.save_pretrained(directory)
     tokenizer = ByT5Tokenizer()
     tokenizer.save_pretrained(directory)
     # Time the decoding loop only: skip the codec at the end of transformers' generate.
-    model.audio_encoder.decode = lambda *a, **k: types.SimpleNamespace(audio_values=None)
+    model.audio_encoder.decode = lambda *a, **k: types.SimpleNamespace(
+        audio_values=torch.zeros(1, 1, 1)
+    )
     return model, tokenizer
 
 
-def time_transformers(model, tokenizer, prompts, steps: int) -> float:
+MELODY_SECONDS = 10.0
+
+
+def melody_audio(rate: int = 32000) -> torch.Tensor:
+    """A 10 s tune (a rising arpeggio, one note a second) ``[S]``."""
+    t = torch.arange(int(rate)) / rate
+    notes = [261.63, 329.63, 392.0, 523.25, 392.0, 329.63, 261.63, 196.0, 261.63, 329.63]
+    return torch.cat([0.5 * torch.sin(2 * torch.pi * f * t) for f in notes])
+
+
+def time_transformers(model, tokenizer, prompts, steps: int, melody=None) -> float:
     inputs = tokenizer(prompts, padding=True, return_tensors="pt")
     start = time.perf_counter()
+    if melody is not None:  # the chroma is part of the call, as on our side
+        extractor = melody["extractor"]
+        audio = melody["audio"].expand(len(prompts), -1)
+        inputs["input_features"] = extractor(
+            audio, sampling_rate=32000, return_tensors="pt"
+        ).input_features
     model.generate(
         **inputs,
         do_sample=True,
@@ -99,11 +135,12 @@ def time_transformers(model, tokenizer, prompts, steps: int) -> float:
     return time.perf_counter() - start
 
 
-def time_ours(model, prompts, steps: int) -> float:
-    frames = steps - model.num_codebooks + 1  # steps = frames + K - 1
+def time_ours(model, prompts, steps: int, melody=None) -> float:
+    frames = steps - model.lm.cfg.num_levels + 1  # steps = frames + K / channels - 1
+    extra = {} if melody is None else {"melody": melody["audio"], "melody_sample_rate": 32000}
     start = time.perf_counter()
     codes = model.generate_codes(
-        prompts, duration=frames / model.frame_rate, top_k=250, guidance_scale=3.0, seed=0
+        prompts, duration=frames / model.frame_rate, top_k=250, guidance_scale=3.0, seed=0, **extra
     )
     elapsed = time.perf_counter() - start
     assert codes.shape[-1] == frames
@@ -121,14 +158,8 @@ def main() -> None:
         default="float32",
         help="our model's dtype (transformers stays float32)",
     )
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     args = parser.parse_args()
-
-    from music_gen import MusicGen
-
-    with tempfile.TemporaryDirectory() as tmp:
-        hf, tokenizer = build_transformers_model(Path(tmp))
-        ours = MusicGen.from_pretrained(tmp).to(dtype=getattr(torch, args.dtype))
-
     result = {
         "benchmark": "generation",
         "device": "cpu",
@@ -138,21 +169,49 @@ def main() -> None:
         "guidance_scale": 3.0,
         "ours_dtype": args.dtype,
     }
+    for variant in args.variants:
+        rows = run_variant(variant, args)
+        if variant == "mono":
+            result.update(rows)  # the original rows, where earlier runs have them
+        else:
+            result[variant] = {"model": VARIANTS[variant], **rows}
+    print(json.dumps(result))
+
+
+VARIANTS = {
+    "mono": "dim512-L8-H8-K4",
+    "stereo": "dim512-L8-H8-K8 (2 x 4 interleaved)",
+    "melody": "dim512-L8-H8-K4 melody (235 chroma frames)",
+}
+
+
+def run_variant(variant: str, args) -> dict:
+    from transformers import MusicgenMelodyFeatureExtractor
+
+    from music_gen import MusicGen
+
+    with tempfile.TemporaryDirectory() as tmp:
+        hf, tokenizer = build_transformers_model(Path(tmp), variant)
+        ours = MusicGen.from_pretrained(tmp).to(dtype=getattr(torch, args.dtype))
+    melody = None
+    if variant == "melody":
+        melody = {"audio": melody_audio(), "extractor": MusicgenMelodyFeatureExtractor()}
+    rows = {}
     for batch in args.batches:
         prompts = [f"upbeat jazz with saxophone, take {i}" for i in range(batch)]
-        time_ours(ours, prompts, 8)  # warm-up
-        time_transformers(hf, tokenizer, prompts, 8)
+        time_ours(ours, prompts, 8, melody)  # warm-up
+        time_transformers(hf, tokenizer, prompts, 8, melody)
         theirs, mine = [], []
         for _ in range(args.repeats):  # alternate so machine noise hits both alike
-            theirs.append(time_transformers(hf, tokenizer, prompts, args.steps))
-            mine.append(time_ours(ours, prompts, args.steps))
+            theirs.append(time_transformers(hf, tokenizer, prompts, args.steps, melody))
+            mine.append(time_ours(ours, prompts, args.steps, melody))
         t_theirs, t_mine = statistics.median(theirs), statistics.median(mine)
-        result[f"batch_{batch}"] = {
+        rows[f"batch_{batch}"] = {
             "ours_steps_per_s": round(args.steps / t_mine, 2),
             "transformers_steps_per_s": round(args.steps / t_theirs, 2),
             "ratio": round(t_theirs / t_mine, 3),
         }
-    print(json.dumps(result))
+    return rows
 
 
 if __name__ == "__main__":

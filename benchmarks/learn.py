@@ -27,7 +27,6 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import logging  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -46,8 +45,9 @@ MODEL = [
 def prepare(root: Path, clips: int, seconds: float, cardinality: int) -> str:
     """Synth WAVs, a codec calibrated on them, and the tokenized dataset (Ray Data)."""
     from music_gen.config import load_config
+    from music_gen.pipelines.calibrate import calibrate
     from music_gen.pipelines.synth import write_synth_dataset
-    from music_gen.pipelines.tokenize import calibrate, tokenize
+    from music_gen.pipelines.tokenize import tokenize
 
     write_synth_dataset(root / "audio", clips, seconds, seed=0, classes=CLASSES)
     cfg = load_config(
@@ -76,15 +76,13 @@ def main() -> None:
     parser.add_argument("--workdir", help="keep data and runs here (default: a temp dir)")
     args = parser.parse_args()
 
-    import ray
-
     from music_gen import MusicGen
     from music_gen.config import load_config
     from music_gen.pipelines.evaluate import prompt_adherence
     from music_gen.pipelines.train import train
+    from music_gen.platform.cluster import ensure_ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    ensure_ray(num_cpus=2)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.workdir or tmp)
         os.environ.setdefault("MUSIC_GEN_WORK_DIR", str(root / "work"))

@@ -26,7 +26,6 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import logging  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -147,7 +146,9 @@ def main() -> None:
         audio_seconds = plain_seconds * args.copies
         plain_single = time_plain(1)[1]
 
-        ray.init(include_dashboard=False, logging_level=logging.WARNING)
+        from music_gen.platform.cluster import ensure_ray
+
+        ensure_ray()  # a local cluster of its own (never another one on the machine)
         # A first tiny run starts the worker processes (imports of torch and the codec)
         # so that every timed run below starts from the same warm cluster.
         warm = inputs / "warm"

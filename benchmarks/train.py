@@ -27,7 +27,6 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import logging  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -41,41 +40,16 @@ MODEL = [
     "model.text.dim=64", "model.text.num_layers=2", "model.text.num_heads=4",
 ]  # fmt: skip
 SEGMENT = "train.segment_curriculum={0: 2.0}"
-WARM = 5  # as train.WARM_STEPS
+WARM = 5  # as train.WARM_STEPS (the first steps: allocator warm-up)
 
 
 def make_dataset(root: Path, clips: int) -> str:
     """Synth clips of 4 s encoded with the offline codec, one shard, codec in ``root/codec``."""
-    import numpy as np
-    import torch
-
-    from music_gen.config import CodecConfig
     from music_gen.models.codec import tiny_calibrated_codec
-    from music_gen.pipelines import shards, sources, synth
-    from music_gen.pipelines.tokenize import codec_metadata
+    from music_gen.testing import make_synth_dataset
 
     codec = tiny_calibrated_codec(num_codebooks=4, cardinality=128)
-    codec.save(root / "codec")
-    made = [synth.make_clip(i, 4.0, sample_rate=codec.sample_rate) for i in range(clips)]
-    audio = torch.from_numpy(np.stack([a for a, _ in made]))  # [N, 1, S]
-    codes = torch.cat([codec.encode(batch) for batch in audio.split(8)]).numpy()  # [N, K, T]
-    meta = codec_metadata(codec, CodecConfig(source=str(root / "codec")))
-    rows = [
-        {
-            "id": f"{m['name']}-00000", "source": f"/synth/{m['name']}.wav", "segment": 0,
-            "start": 0.0, "duration": 4.0, "caption": m["description"], "genre": m["genre"],
-            "moods": m["moods"], "key": m["key"], "bpm": float(m["bpm"]),
-            "instrument": m["instrument"], "attributes": json.dumps(m),
-            "codes": shards.codes_to_bytes(c), "num_codebooks": 4, "frames": c.shape[-1],
-        }
-        for c, (_, m) in zip(codes, made, strict=True)
-    ]  # fmt: skip
-    fs, path = sources.resolve(str(root))
-    table = shards.shard_table(rows, meta)
-    shards.write_table(fs, shards.join(path, shards.SHARDS, "part-00000.parquet"), table)
-    info = {"format_version": 1, "codec": meta, "num_shards": 1, "settings": {}}
-    shards.write_json(fs, shards.join(path, shards.DATASET_FILE), info)
-    return str(root)
+    return make_synth_dataset(root, codec, num_clips=clips, seconds=4.0)
 
 
 def plain_loop(data: str, steps: int, batch_size: int, threads: int) -> float:
@@ -141,10 +115,9 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=96)
     args = parser.parse_args()
 
-    import ray
+    from music_gen.platform.cluster import ensure_ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    ensure_ray(num_cpus=2)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         os.environ.setdefault("MUSIC_GEN_WORK_DIR", str(root / "work"))

@@ -28,6 +28,10 @@ def ray_cluster():
             num_gpus=0,
             include_dashboard=False,
             logging_level=logging.WARNING,
+            # As the CLI runs it: workers' output stays in Ray's log folder, so one
+            # test's lingering actors (Ray Train's PlacementGroupCleaner) cannot print
+            # into the next test's captured stderr.
+            log_to_driver=False,
             # Small object store: the tests move little data and /dev/shm may be small.
             object_store_memory=512 * 1024**2,
         )

@@ -1,7 +1,7 @@
 """`music-gen evaluate` end to end: a saved tiny random model, tiny synthetic data, MLflow.
 
 Evaluation reads shards with plain pyarrow and needs no Ray; the data is written
-directly with the shard helpers (``make_synth_dataset``), which is much faster on two
+directly (``music_gen.testing.make_synth_dataset``), which is much faster on two
 cores than the tokenize pipeline and gives the same shard format. A random model does
 not follow prompts, so these tests check structure and ranges, not high accuracy.
 """
@@ -14,13 +14,10 @@ import pytest
 
 from music_gen import MusicGen
 from music_gen.cli import main
-from music_gen.config import CodecConfig
 from music_gen.models.codec import tiny_calibrated_codec
 from music_gen.pipelines import evaluate as ev
 from music_gen.pipelines import synth
-from music_gen.pipelines.tokenize import codec_metadata
-from tests.helpers import tiny_model_config
-from tests.unit.test_evaluate import make_synth_dataset, synth_codes, write_dataset
+from music_gen.testing import make_synth_dataset, synth_codes, tiny_model_config, write_dataset
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +38,8 @@ def model_dir(codec, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def data_dir(codec, tmp_path_factory):
-    return make_synth_dataset(tmp_path_factory.mktemp("data"), codec, num_clips=24, seconds=1.0)
+    root = tmp_path_factory.mktemp("data")
+    return make_synth_dataset(root, codec, num_clips=24, seconds=1.0, save_codec=False)
 
 
 @pytest.fixture(scope="module")
@@ -131,9 +129,8 @@ def test_evaluate_logs_into_a_given_run(model_dir, data_dir, tracking):
 
     client = mlflow.MlflowClient(tracking)
     run_id = client.create_run(client.create_experiment("training")).info.run_id
-    results = ev.evaluate(
-        model_dir, data_dir, run_id=run_id, per_class=1, duration=0.2, fad_clips=2, batch_size=6
-    )
+    settings = ev.EvaluateConfig(per_class=1, duration=0.2, fad_clips=2, batch_size=6)
+    results = ev.evaluate(model_dir, data_dir, settings, run_id=run_id)
     assert results["mlflow_run_id"] == run_id
     assert "eval_fad" in client.get_run(run_id).data.metrics
 
@@ -150,11 +147,9 @@ def test_non_synthetic_data_skips_adherence(codec, model_dir, tmp_path):
     codes, _ = synth_codes(codec, num_clips=4, seconds=0.6)
     # Captions and attributes that name no synth class: not synthetic data.
     plain = [{"name": f"song{i}", "description": f"a song number {i}"} for i in range(4)]
-    meta = codec_metadata(codec, CodecConfig(num_codebooks=4, cardinality=64))
-    root = write_dataset(tmp_path / "plain", codes, plain, meta)
-    results = ev.evaluate(
-        model_dir, root, duration=0.2, fad_clips=4, batch_size=4, mlflow_logging=False
-    )
+    root = write_dataset(tmp_path / "plain", codes, plain, codec, save_codec=False)
+    settings = ev.EvaluateConfig(duration=0.2, fad_clips=4, batch_size=4)
+    results = ev.evaluate(model_dir, root, settings, mlflow_logging=False)
     assert "skipped" in results["prompt_adherence"]
     assert math.isfinite(results["validation"]["loss"])
     assert results["fad"]["fake_clips"] == 4 and math.isfinite(results["fad"]["fad"])
@@ -162,6 +157,51 @@ def test_non_synthetic_data_skips_adherence(codec, model_dir, tmp_path):
 
 def test_codec_mismatch_is_a_user_error(model_dir, tmp_path, capsys):
     other = tiny_calibrated_codec(num_codebooks=2, cardinality=64)
-    data = make_synth_dataset(tmp_path / "k2", other, num_clips=2, seconds=0.2)
+    data = make_synth_dataset(tmp_path / "k2", other, num_clips=2, seconds=0.2, save_codec=False)
     assert main(["evaluate", "--model", model_dir, "--data", data, "--no-mlflow"]) == 1
     assert "codebooks" in capsys.readouterr().err
+
+
+def test_held_out_rows_follow_data_val_fraction(model_dir, data_dir, tmp_path):
+    # The same files as training holds out: data.val_fraction of the config, unless
+    # --val-fraction says otherwise.
+    rows = ev.read_rows(data_dir)
+    held = {f: len(ev.split_rows(rows, f)[1]) for f in (0.05, 0.3)}
+    assert held[0.05] != held[0.3]
+    for extra, fraction in [(["data.val_fraction=0.3"], 0.3), (["--val-fraction", "0.05"], 0.05)]:
+        out = tmp_path / "results.json"
+        args = evaluate_args(model_dir, data_dir, "--no-mlflow", "-o", str(out), *extra)
+        assert main([*args, "--per-class", "1", "--duration", "0.2"]) == 0
+        assert json.loads(out.read_text())["validation"]["rows"] == held[fraction]
+
+
+def test_register_metrics_feeds_the_promotion_gate(model_dir, data_dir, tracking, capsys):
+    from music_gen.platform import registry
+
+    name = "eval-gated"
+    assert main(["registry", "register", "--model", model_dir, "--name", name]) == 0
+    assert main(["registry", "register", "--model", model_dir, "--name", name]) == 0
+    registry.record_metrics(name, "1", {"eval_loss": 0.5})  # an unbeatable holder
+    assert main(["registry", "promote", name, "--version", "1"]) == 0
+    capsys.readouterr()
+
+    args = evaluate_args(f"models:/{name}/2", data_dir, "--register-metrics", "--per-class", "1")
+    assert main(args) == 0
+    assert f"on models:/{name}/2" in capsys.readouterr().out
+    metrics = registry.show(f"{name}/2")["metrics"]
+    assert float(metrics["eval_loss"]) > 1.0 and float(metrics["eval_fad"]) >= 0
+    assert 0.0 <= float(metrics["eval_adherence_accuracy"]) <= 1.0
+    # The gate reads what evaluate recorded: a random model's loss is worse than 0.5.
+    assert main(["registry", "promote", name, "--version", "2", "--metric", "eval_loss"]) == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "0.5000" in line and f"{float(metrics['eval_loss']):.4f}" in line
+    assert registry.show(f"{name}@production")["version"] == "1"
+
+
+@pytest.mark.parametrize("model", ["plain-dir", "models:/eval-gated/99", "models:/nobody/1"])
+def test_register_metrics_needs_a_registered_version(model, model_dir, data_dir, tracking, capsys):
+    model = model_dir if model == "plain-dir" else model
+    args = evaluate_args(model, data_dir, "--register-metrics", "--no-mlflow")
+    assert main(args) != 0  # before any compute
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("music-gen: error: "), err

@@ -226,9 +226,9 @@ def test_wrong_token_is_a_one_line_error(head):
 def test_runtime_env_carries_the_project_and_not_the_clutter():
     from music_gen.platform import jobs
 
-    spec = jobs.runtime_env(env={"EXTRA": "1"})
-    assert Path(spec["working_dir"]) == ROOT
-    assert {".venv", ".git", "work"} <= set(spec["excludes"])
+    spec = jobs.runtime_env(str(ROOT), env={"EXTRA": "1"})
+    assert Path(spec["working_dir"]) == ROOT and "py_modules" not in spec  # the package is in it
+    assert {".venv", ".git", "work/runs", "work/mlflow.db"} <= set(spec["excludes"])
     assert spec["env_vars"]["RAY_USAGE_STATS_ENABLED"] == "0"
     assert spec["env_vars"]["MLFLOW_DISABLE_TELEMETRY"] == "true"
     assert spec["env_vars"]["EXTRA"] == "1"

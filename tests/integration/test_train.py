@@ -1,12 +1,15 @@
 """`music-gen train` on the session's local Ray cluster (2 CPUs) with tiny models.
 
-The dataset is written directly with the shard helpers from codes of the offline
+The dataset is written directly (``music_gen.testing``) from codes of the offline
 codec (the tokenize pipeline has its own tests and is slow on two cores); the codec
 sits in ``<data>/codec`` as a tokenized dataset keeps it. Each test runs as few
 ``trainer.fit()`` calls as it can: on two cores one costs tens of seconds.
 """
 
-import json
+import os
+import signal
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -14,13 +17,13 @@ import torch
 
 from music_gen import MusicGen
 from music_gen.cli import main
-from music_gen.config import CodecConfig, load_config
+from music_gen.config import load_config
 from music_gen.errors import MusicGenError
 from music_gen.models.codec import TransformersCodec, tiny_calibrated_codec
-from music_gen.pipelines import checkpoints, shards, sources, synth
-from music_gen.pipelines.tokenize import codec_metadata
+from music_gen.pipelines import checkpoints, synth
 from music_gen.pipelines.train import train
 from music_gen.platform import registry, tracking
+from music_gen.testing import make_synth_dataset, transformers_musicgen, write_dataset
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -33,40 +36,13 @@ TINY = [
 ]  # fmt: skip
 
 
-def write_dataset(root, codes: list[np.ndarray], metas: list[dict], codec) -> str:
-    """One shard of rows, ``dataset.json`` and the codec in ``<root>/codec``."""
-    fs, path = sources.resolve(str(root))
-    codec.save(root / "codec")
-    meta = codec_metadata(codec, CodecConfig(source=str(root / "codec")))
-    rows = [
-        {
-            "id": f"{m['name']}-00000", "source": f"/synth/{m['name']}.wav", "segment": 0,
-            "start": 0.0, "duration": c.shape[-1] / codec.frame_rate,
-            "caption": m["description"], "genre": m.get("genre"), "moods": m.get("moods"),
-            "key": m.get("key"), "bpm": m.get("bpm"), "instrument": m.get("instrument"),
-            "attributes": json.dumps(m), "codes": shards.codes_to_bytes(c),
-            "num_codebooks": c.shape[0], "frames": c.shape[-1],
-        }
-        for c, m in zip(codes, metas, strict=True)
-    ]  # fmt: skip
-    table = shards.shard_table(rows, meta)
-    shards.write_table(fs, shards.join(path, shards.SHARDS, "part-00000.parquet"), table)
-    info = {"format_version": 1, "codec": meta, "num_shards": 1, "settings": {}}
-    shards.write_json(fs, shards.join(path, shards.DATASET_FILE), info)
-    return str(root)
-
-
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     """24 synth clips of 1.5 s (4 classes) encoded with the offline codec (K=4, 64 codes)."""
     codec = tiny_calibrated_codec(num_codebooks=4, cardinality=64)
     classes = ("sine_pad", "saw_bass", "bell", "noise_drums")
-    clips = [
-        synth.make_clip(i, 1.5, sample_rate=codec.sample_rate, classes=classes) for i in range(24)
-    ]
-    audio = torch.from_numpy(np.stack([a for a, _ in clips]))  # [N, 1, S]
-    codes = torch.cat([codec.encode(batch) for batch in audio.split(8)]).numpy()  # [N, K, T]
-    return write_dataset(tmp_path_factory.mktemp("data"), list(codes), [m for _, m in clips], codec)
+    root = tmp_path_factory.mktemp("data")
+    return make_synth_dataset(root, codec, num_clips=24, seconds=1.5, classes=classes)
 
 
 @pytest.fixture(scope="module")
@@ -141,60 +117,65 @@ def test_two_workers_learn_track_and_export(ray_cluster, data_dir, work):
         assert torch.equal(loaded.generate_codes(["a bell"], duration=0.2, seed=0), codes)
 
 
-def test_killed_worker_restarts_and_rerun_resumes(ray_cluster, data_dir, work, monkeypatch):
-    marker = work / "killed"
-    monkeypatch.setenv("MUSIC_GEN_TEST_CRASH", f"1:5:{marker}")
+REGISTER_S = 3.0
+"""Ray registers a persisted checkpoint when it next polls the workers (every 2 s)."""
+
+
+def kill_a_worker_after_first_checkpoint(run_dir, killed: list, timeout_s: float = 300.0):
+    """SIGKILL one Train worker process (found in Ray's actor table, never by name) once the
+    run's first checkpoint is on disk and Ray has had time to register it."""
+    # The GCS actor table of this process's cluster: ray.util.state would need the
+    # dashboard (off in tests) and picks a cluster by itself when several run here.
+    from ray._private.state import actors
+
+    deadline = time.monotonic() + timeout_s
+    while not any(run_dir.glob("checkpoint_*")):
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.05)
+    time.sleep(REGISTER_S)
+    workers = [
+        actor["Pid"]
+        for actor in actors().values()
+        if actor["ActorClassName"] == "RayTrainWorker" and actor["State"] == "ALIVE"
+    ]
+    if workers:
+        os.kill(workers[0], signal.SIGKILL)
+        killed.append(workers[0])
+
+
+def test_killed_worker_restarts_and_rerun_resumes(ray_cluster, data_dir, work):
     args = [
         "train.num_workers=2", "train.checkpoint_every=4", "train.eval_every=100",
         "train.log_every=1", "train.max_failures=1", "train.eval_samples=0",
     ]  # fmt: skip
-    first = train(config(data_dir, work, "resume", "train.steps=8", *args))
-    assert marker.exists()  # worker 1 died after step 5 ...
-    assert first["start_step"] == 4 and first["end_step"] == 8  # ... the group resumed at 4
+    killed: list[int] = []
+    killer = threading.Thread(
+        target=kill_a_worker_after_first_checkpoint, args=(work / "runs" / "resume", killed)
+    )
+    killer.start()
+    first = train(config(data_dir, work, "resume", "train.steps=60", *args))
+    killer.join()
+    assert killed, "no Train worker was killed while the run was going"
+    # The group restarted from a checkpoint, not from scratch, and finished.
+    assert 0 < first["start_step"] < 60 and first["start_step"] % 4 == 0
+    assert first["end_step"] == 60
 
     # Re-running the same run with more steps continues from the last checkpoint. It also
     # switches to FSDP: checkpoints hold whole tensors, so the strategy may change on resume.
-    monkeypatch.delenv("MUSIC_GEN_TEST_CRASH")
-    second = train(config(data_dir, work, "resume", "train.steps=10", "train.strategy=fsdp", *args))
-    assert second["start_step"] == 8 and second["end_step"] == 10
+    second = train(config(data_dir, work, "resume", "train.steps=64", "train.strategy=fsdp", *args))
+    assert second["start_step"] == 60 and second["end_step"] == 64
     assert second["run_id"] == first["run_id"]  # one MLflow run across restarts
     steps = [m.step for m in tracking.client().get_metric_history(first["run_id"], "train_loss")]
-    assert sorted(set(steps)) == list(range(1, 11))
-    assert checkpoints.read_state(second["checkpoint"])["step"] == 10
+    assert sorted(set(steps)) == list(range(1, 65))
+    assert checkpoints.read_state(second["checkpoint"])["step"] == 64
     model = MusicGen.from_pretrained(second["checkpoint"])  # gathered from the FSDP shards
     assert model.generate_codes(["drums"], duration=0.2, seed=0).shape == (1, 4, 10)
 
 
-def _transformers_musicgen(directory):
-    """A tiny random transformers MusicGen (16 kHz, 50 Hz, 4 x 64 codes) saved with its tokenizer."""
-    from transformers import (
-        ByT5Tokenizer,
-        EncodecConfig,
-        MusicgenConfig,
-        MusicgenDecoderConfig,
-        MusicgenForConditionalGeneration,
-        T5Config,
-    )  # fmt: skip
-
-    torch.manual_seed(0)
-    text = T5Config(vocab_size=384, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2)
-    codec = EncodecConfig(
-        sampling_rate=16000, audio_channels=1, num_filters=4, hidden_size=16,
-        upsampling_ratios=[8, 5, 4, 2], codebook_size=64, codebook_dim=16,
-        target_bandwidths=[1.2], num_lstm_layers=1,
-    )  # fmt: skip
-    decoder = MusicgenDecoderConfig(
-        vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, ffn_dim=64,
-        num_codebooks=4, max_position_embeddings=128, pad_token_id=64, bos_token_id=64,
-    )  # fmt: skip
-    config = MusicgenConfig(text_encoder=text, audio_encoder=codec, decoder=decoder)
-    MusicgenForConditionalGeneration(config).save_pretrained(directory)
-    ByT5Tokenizer().save_pretrained(directory)
-    return directory
-
-
 def test_finetune_from_a_transformers_musicgen_dir(ray_cluster, work, tmp_path):
-    hf_dir = _transformers_musicgen(tmp_path / "hf")
+    hf_dir = tmp_path / "hf"
+    transformers_musicgen(hf_dir)  # 16 kHz, 50 Hz, 4 x 64 codes
     imported = MusicGen.from_pretrained(hf_dir)
     assert isinstance(imported.codec, TransformersCodec) and imported.num_codebooks == 4
     # Data "tokenized with the checkpoint's codec": codes in its range, its frame rate.
@@ -215,12 +196,24 @@ def test_finetune_from_a_transformers_musicgen_dir(ray_cluster, work, tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in before)  # the weights moved
 
 
-def test_worker_errors_surface_as_one_line(ray_cluster, data_dir, work):
-    cfg = config(data_dir, work, "broken", "train.steps=2", "train.max_failures=0")
+def train_worker_ids() -> set[str]:
+    """Every Train worker actor this cluster has started (alive or dead)."""
+    from ray._private.state import actors
+
+    return {a["ActorID"] for a in actors().values() if a["ActorClassName"] == "RayTrainWorker"}
+
+
+def test_worker_user_errors_fail_at_once_as_one_line(ray_cluster, data_dir, work):
+    # A user error that shows only inside the workers: it would fail the same way on every
+    # retry, so the run ends after the first worker group, whatever train.max_failures says.
+    cfg = config(data_dir, work, "broken", "train.steps=2", "train.max_failures=3",
+                 "train.num_workers=2")  # fmt: skip
     cfg.model.text.source = str(work / "no-such-text-encoder")
+    before = train_worker_ids()
     with pytest.raises(MusicGenError, match="cannot load text encoder") as info:
         train(cfg)
     assert "\n" not in str(info.value)
+    assert len(train_worker_ids() - before) == 2  # one group of two workers, no retry
 
 
 def test_bad_configs_fail_fast_with_one_line(data_dir, work, tmp_path, capsys):

@@ -136,6 +136,15 @@ def test_audio_prompt_continuation(checkpoint, tmp_path):
             2,
             "cannot read prompts file",
         ),
+        (["generate", "x", "--random-init", "--device", "cuda:7"], 2, "device 'cuda:7'"),
+        (["generate", "x", "--random-init", "--device", "abacus"], 2, "unknown device 'abacus'"),
+        (["generate", "x", "--random-init", "--temperature", "nan"], 2, "temperature"),
+        (["generate", "x", "--random-init", "--cfg", "inf"], 2, "guidance_scale"),
+        (
+            ["generate", "x", "--random-init", "model.dim=30", "model.num_heads=4"],
+            2,
+            "model: dim 30 is not divisible by 4 heads",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_nonzero(argv, code, message, capsys, tmp_path, monkeypatch):
@@ -145,6 +154,16 @@ def test_bad_input_is_one_line_and_nonzero(argv, code, message, capsys, tmp_path
     assert message in err
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_prompts_file_that_is_not_utf8(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "prompts.txt").write_bytes(b"\xff\xfe jazz\n")
+    argv = ["generate", "--prompts", "prompts.txt", "--output-dir", "out", "--random-init"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not UTF-8" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
 
 
 def test_corrupt_checkpoint_and_unreadable_audio_prompt(checkpoint, tmp_path, capsys):

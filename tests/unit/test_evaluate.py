@@ -1,7 +1,7 @@
 """Evaluation measures: FAD, the adherence classifier, validation loss (no Ray).
 
-``make_synth_dataset`` writes a tokenized dataset directly with the shard helpers
-(synth clips encoded by a codec in this process); the integration tests reuse it.
+Datasets are written directly with ``music_gen.testing`` (synth clips encoded by a
+codec in this process).
 """
 
 import json
@@ -12,69 +12,13 @@ import scipy.linalg
 import torch
 import torch.nn.functional as F
 
-from music_gen.config import CodecConfig
 from music_gen.errors import MusicGenError, UsageError
 from music_gen.models.codec import build_codec, tiny_calibrated_codec
 from music_gen.pipelines import evaluate as ev
-from music_gen.pipelines import shards, sources, synth
-from music_gen.pipelines.tokenize import codec_metadata
-from tests.helpers import tiny_codec_config, tiny_musicgen
+from music_gen.pipelines import synth
+from music_gen.testing import synth_codes, tiny_codec_config, tiny_musicgen, write_dataset
 
 pytestmark = pytest.mark.unit
-
-
-# --- a tiny tokenized dataset, written directly ----------------------------------------------
-
-
-def write_dataset(root, codes: list[np.ndarray], metas: list[dict], codec_meta: dict) -> str:
-    """One shard of rows (codes ``[K, T]`` with their sidecar metadata) plus dataset.json."""
-    rows = []
-    for index, (row_codes, meta) in enumerate(zip(codes, metas, strict=True)):
-        frames = row_codes.shape[-1]
-        rows.append(
-            {
-                "id": f"{meta.get('name', index)}-00000",
-                "source": f"/data/{meta.get('name', index)}.wav",
-                "segment": 0,
-                "start": 0.0,
-                "duration": frames / codec_meta["frame_rate"],
-                "caption": meta["description"],
-                "genre": meta.get("genre"),
-                "moods": meta.get("moods"),
-                "key": meta.get("key"),
-                "bpm": meta.get("bpm"),
-                "instrument": meta.get("instrument"),
-                "attributes": json.dumps(meta, sort_keys=True),
-                "codes": shards.codes_to_bytes(row_codes),
-                "num_codebooks": row_codes.shape[0],
-                "frames": frames,
-            }
-        )
-    fs, path = sources.resolve(str(root))
-    part = shards.part_name(0)
-    table = shards.shard_table(rows, codec_meta)
-    shards.write_table(fs, shards.join(path, shards.SHARDS, part + ".parquet"), table)
-    info = {"format_version": 1, "codec": codec_meta, "num_shards": 1, "settings": {}}
-    shards.write_json(fs, shards.join(path, shards.DATASET_FILE), info)
-    shards.write_json(fs, shards.join(path, shards.PROGRESS, part + ".json"), {"rows": len(rows)})
-    return str(root)
-
-
-def synth_codes(codec, num_clips: int, seconds: float, seed: int = 0):
-    """Codes ``[K, T]`` and metadata of synth clips ``0 .. num_clips - 1`` (classes cycle)."""
-    clips = [
-        synth.make_clip(i, seconds, seed=seed, sample_rate=codec.sample_rate)
-        for i in range(num_clips)
-    ]
-    audio = torch.from_numpy(np.stack([a for a, _ in clips]))  # [N, 1, S]
-    codes = torch.cat([codec.encode(batch) for batch in audio.split(8)])  # [N, K, T]
-    return list(codes.numpy()), [meta for _, meta in clips]
-
-
-def make_synth_dataset(root, codec, num_clips: int = 24, seconds: float = 1.0, seed: int = 0):
-    codes, metas = synth_codes(codec, num_clips, seconds, seed)
-    cfg = CodecConfig(num_codebooks=codec.num_codebooks, cardinality=codec.cardinality)
-    return write_dataset(root, codes, metas, codec_metadata(codec, cfg))
 
 
 # --- FAD -------------------------------------------------------------------------------------
@@ -221,8 +165,8 @@ def loss_dataset(tmp_path_factory):
         )
     ]
     codec = build_codec(tiny_codec_config())
-    meta = codec_metadata(codec, tiny_codec_config())
-    return write_dataset(tmp_path_factory.mktemp("loss"), codes, metas, meta), codes, metas
+    root = write_dataset(tmp_path_factory.mktemp("loss"), codes, metas, codec, save_codec=False)
+    return root, codes, metas
 
 
 def hand_loss(model, codes: list[np.ndarray], metas: list[dict], frames: int):
@@ -278,7 +222,7 @@ def test_validation_loss_max_batches_and_split_fallback(loss_dataset):
 
 
 def test_split_is_by_source_stable_and_matches_training():
-    from music_gen.pipelines.train import choose_val_sources
+    from music_gen.pipelines.shards import choose_val_sources
 
     rows = [{"source": f"/d/{i // 2}.wav", "id": str(i)} for i in range(2000)]  # 2 rows a file
     train, held = ev.split_rows(rows, 0.1)
@@ -291,5 +235,5 @@ def test_split_is_by_source_stable_and_matches_training():
 
 
 def test_missing_dataset_is_a_user_error(tmp_path):
-    with pytest.raises(MusicGenError, match="no shards"):
+    with pytest.raises(MusicGenError, match="not a tokenized dataset"):
         ev.read_rows(str(tmp_path))

@@ -1,5 +1,8 @@
 """Pieces of the training loop, without Ray: crops, the delay pattern with padding,
-the per-codebook loss, the schedule, the curriculum, condition dropout, EMA, a step."""
+the per-codebook loss, the schedule, the curriculum, condition dropout, EMA, a step.
+
+``T`` is the training package (``music_gen.pipelines.train``), which re-exports the
+pieces of its modules and of ``pipelines/losses.py``."""
 
 import math
 
@@ -146,12 +149,27 @@ def test_make_batch_reads_codes_and_attributes():
     assert batch.texts[1] == "song 1"
     assert batch.attributes[0] == {
         "genre": "rock",
-        "moods": ["happy", "calm"],
+        "mood": ["happy", "calm"],
         "key": "C major",
         "bpm": 120.0,
         "instrument": None,
     }
-    assert batch.attributes[1]["bpm"] is None and batch.attributes[1]["moods"] is None
+    assert batch.attributes[1]["bpm"] is None and batch.attributes[1]["mood"] is None
+
+
+def test_mood_from_shard_rows_conditions_the_model():
+    # Shards carry moods as a list under `moods`; a model with the `mood` attribute must
+    # see it (it once looked up another name and put every row in the null bucket).
+    model = tiny_musicgen(attributes=["mood"])
+    rows = _rows(model)
+    rows["caption"] = ["same caption"] * 4
+    rows["moods"] = [["happy"], ["sad"], ["happy"], None]
+    batch = T.make_batch(rows, frames=20, rng=np.random.default_rng(0))
+    with torch.no_grad():
+        memory, mask = model.conditioner(batch.texts, batch.attributes)
+    assert mask[:3, -1].all() and not mask[3, -1]  # the mood token is there unless missing
+    assert not torch.allclose(memory[0], memory[1])  # happy vs sad
+    assert torch.equal(memory[0], memory[2])  # the same mood, the same input
 
 
 def test_steps_on_one_batch_lower_the_loss_and_touch_trainable_parts_only():
@@ -187,7 +205,7 @@ def test_validate_scores_every_world_th_batch_and_reports_prompts():
     model = tiny_musicgen()
     core = T.TrainModule(model.lm, model.conditioner)
     batches = [_rows(model, seed=s) for s in range(3)]
-    args = dict(frames=20, batch_size=4, max_batches=None, special=model.lm.cfg.special_token,
+    args = dict(frames=20, max_batches=None, special=model.lm.cfg.special_token,
                 device=torch.device("cpu"), precision="fp32")  # fmt: skip
     whole, prompts = T.validate(core, core, batches, rank=0, world=1, **args)
     assert whole.shape == (model.num_codebooks,) and prompts == batches[0]["caption"]
@@ -228,11 +246,6 @@ def test_worker_error_surfaces_the_root_cause_as_one_line():
     assert (
         isinstance(error, ConfigError) and str(error) == "model.num_codebooks=8 but the codec has 4"
     )
-
-
-def test_parse_crash_hook():
-    assert T.parse_crash("1:5:/tmp/marker") == {"rank": 1, "step": 5, "marker": "/tmp/marker"}
-    assert T.parse_crash(None) is None and T.parse_crash("") is None
 
 
 def test_checkpoint_holds_a_loadable_model_and_the_resume_state(tmp_path):
