@@ -36,7 +36,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 def make_inputs(directory: Path, clips: int, copies: int, seconds: float, sample_rate: int) -> Path:
     """``clips`` distinct synthetic clips, each linked ``copies`` times under other names
     (every file is still decoded on its own; synthesis is just not worth the wait)."""
-    from music_gen.models.codec import tiny_calibrated_codec
+    from music_gen.models.codebooks import tiny_calibrated_codec
     from music_gen.pipelines.synth import write_synth_dataset
 
     base = write_synth_dataset(directory / "base", clips, seconds, seed=0, sample_rate=sample_rate)

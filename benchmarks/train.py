@@ -45,7 +45,7 @@ WARM = 5  # as train.WARM_STEPS (the first steps: allocator warm-up)
 
 def make_dataset(root: Path, clips: int) -> str:
     """Synth clips of 4 s encoded with the offline codec, one shard, codec in ``root/codec``."""
-    from music_gen.models.codec import tiny_calibrated_codec
+    from music_gen.models.codebooks import tiny_calibrated_codec
     from music_gen.testing import make_synth_dataset
 
     codec = tiny_calibrated_codec(num_codebooks=4, cardinality=128)

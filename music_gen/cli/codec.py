@@ -108,15 +108,17 @@ def add_codec_evaluate(codec: argparse._SubParsersAction) -> None:
 
 def run_codec_evaluate(args: argparse.Namespace) -> int:
     import json
-    from pathlib import Path
 
+    from music_gen import outputs
     from music_gen.pipelines.codec.evaluate import evaluate_codec, log_evaluation
 
+    if args.output:
+        outputs.check_file(args.output)  # a folder or an unwritable place: before the work
     results = evaluate_codec(args.codec, args.data, args.segment_seconds, args.max_seconds)
     if not args.no_mlflow:
         results["mlflow_run_id"] = log_evaluation(results)
     text = json.dumps(results)
     if args.output:
-        Path(args.output).write_text(text + "\n")
+        outputs.write_text(args.output, text + "\n")
     print(text)
     return 0

@@ -21,7 +21,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from music_gen import MusicGen
     from music_gen.audio import write_audio
     from music_gen.config import load_config
-    from music_gen.models.codec import tiny_calibrated_codec
+    from music_gen.models.codebooks import tiny_calibrated_codec
 
     workdir = Path(args.workdir)
     print("music-gen demo: a freshly initialised debug model with a small calibrated codec.")

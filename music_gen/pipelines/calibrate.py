@@ -27,8 +27,8 @@ def calibrate(
     import tempfile
 
     from music_gen import outputs
+    from music_gen.models.codebooks import calibrate_from_files
     from music_gen.models.codec import build_codec as build
-    from music_gen.models.codec import calibrate_from_files
 
     outputs.check_dir(output, "--output")  # before the k-means, not after it
     records = [r for r in sources.list_sources(input) if not r["stage"]]

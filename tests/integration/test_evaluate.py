@@ -14,7 +14,7 @@ import pytest
 
 from music_gen import MusicGen
 from music_gen.cli import main
-from music_gen.models.codec import tiny_calibrated_codec
+from music_gen.models.codebooks import tiny_calibrated_codec
 from music_gen.pipelines import evaluate as ev
 from music_gen.pipelines import synth
 from music_gen.testing import make_synth_dataset, synth_codes, tiny_model_config, write_dataset

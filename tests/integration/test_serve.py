@@ -25,7 +25,7 @@ SAMPLE_RATE = 16000  # the tiny codec's
 
 @cache
 def _codec():
-    from music_gen.models.codec import tiny_calibrated_codec
+    from music_gen.models.codebooks import tiny_calibrated_codec
 
     return tiny_calibrated_codec(num_codebooks=4, cardinality=64)
 

@@ -19,7 +19,8 @@ from music_gen import MusicGen
 from music_gen.cli import main
 from music_gen.config import load_config
 from music_gen.errors import MusicGenError
-from music_gen.models.codec import TransformersCodec, tiny_calibrated_codec
+from music_gen.models.codebooks import tiny_calibrated_codec
+from music_gen.models.codec import TransformersCodec
 from music_gen.pipelines import checkpoints, synth
 from music_gen.pipelines.train import train
 from music_gen.platform import registry, tracking

@@ -185,6 +185,11 @@ def test_empty_or_damaged_data_is_refused_before_evaluating_and_fails_validate(
     # The same shared check is what training calls before any worker starts.
     with pytest.raises(shards.MusicGenError, match="shard|clips"):
         shards.readable_shards(str(root))
+    from music_gen.config import load_config
+    from music_gen.pipelines.train import plan_run
+
+    with pytest.raises(shards.MusicGenError, match=DAMAGE[how].split(" (")[0]):
+        plan_run(load_config((), [f"data.output={root}"]))
     assert main(["data", "validate", str(root)]) == 1
     report = capsys.readouterr().out
     assert "violations  0" not in report

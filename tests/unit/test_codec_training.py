@@ -8,7 +8,8 @@ from music_gen.cli import main
 from music_gen.config import load_config
 from music_gen.errors import CheckpointError, ConfigError
 from music_gen.models import codec_training as ct
-from music_gen.models.codec import TransformersCodec, calibrate_codec, load_codec, save_encodec
+from music_gen.models.codebooks import calibrate_codec
+from music_gen.models.codec import TransformersCodec, load_codec, save_encodec
 from music_gen.pipelines.codec.worker import build_network
 from music_gen.testing import sine
 

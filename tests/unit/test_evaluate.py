@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from music_gen.errors import MusicGenError, UsageError
-from music_gen.models.codec import build_codec, tiny_calibrated_codec
+from music_gen.models.codebooks import tiny_calibrated_codec
+from music_gen.models.codec import build_codec
 from music_gen.pipelines import evaluate as ev
 from music_gen.pipelines import synth
 from music_gen.testing import synth_codes, tiny_codec_config, tiny_musicgen, write_dataset

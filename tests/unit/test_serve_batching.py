@@ -23,7 +23,7 @@ DEFAULTS = {"temperature": 1.0, "top_k": 250, "top_p": 0.0, "guidance_scale": 3.
 @pytest.fixture(scope="module")
 def model():
     from music_gen import MusicGen
-    from music_gen.models.codec import tiny_calibrated_codec
+    from music_gen.models.codebooks import tiny_calibrated_codec
 
     torch.manual_seed(0)
     return MusicGen.from_config(tiny_model_config(), tiny_calibrated_codec(cardinality=64))

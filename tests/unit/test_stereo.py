@@ -10,7 +10,8 @@ from music_gen.audio import audio_info, read_audio
 from music_gen.cli import main
 from music_gen.errors import CheckpointError, ConfigError
 from music_gen.models import formats
-from music_gen.models.codec import build_codec, load_codec, tiny_calibrated_codec
+from music_gen.models.codebooks import tiny_calibrated_codec
+from music_gen.models.codec import build_codec, load_codec
 from music_gen.models.patterns import build_delay, revert_delay, valid_mask
 from music_gen.models.stereo import StereoCodec
 from tests.helpers import sine, tiny_codec_config, tiny_model_config

@@ -21,7 +21,8 @@ import torch
 from music_gen.config import Config
 from music_gen.errors import CheckpointError
 from music_gen.models import codec_training as ct
-from music_gen.models.codec import TransformersCodec, calibrate_codec, save_encodec
+from music_gen.models.codebooks import calibrate_codec
+from music_gen.models.codec import TransformersCodec, save_encodec
 from music_gen.pipelines.codec.data import to_tensor
 from music_gen.pipelines.train.step import lr_factor, set_lr
 from music_gen.pipelines.train.worker import read_validation, stream_batches

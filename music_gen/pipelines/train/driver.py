@@ -142,9 +142,7 @@ def plan_run(cfg: Config) -> Plan:
         raise ConfigError(
             f"no tokenized dataset at {data} (no dataset.json): run `music-gen data tokenize` first"
         ) from None
-    paths = shards.shard_paths(data)
-    if not paths:
-        raise ConfigError(f"dataset {data} has no shards yet: run `music-gen data tokenize`")
+    paths = shards.readable_shards(data)  # missing, damaged or empty shards: one line, here
     codec_source = _check_model_shape(cfg, meta)
     if tc.strategy == "fsdp" and not cfg.model.text.freeze:
         raise ConfigError(

@@ -409,6 +409,9 @@ def train_loop_per_worker(config: dict) -> dict | None:
     nodes = worker_nodes(world)
     placed = f"{len(set(nodes))} node(s) (rank 0 on {nodes[0]})"
     say(f"[train] {world} worker(s) on {placed}, {device}, {where} of {tc.steps}")
+    if resume.step >= tc.steps:  # a finished run re-run: nothing to train, its last figures
+        last_val = ((resume.state or {}).get("metrics") or {}).get(VAL_METRIC)
+        say(f"[train] already at step {resume.step}: raise train.steps to train further")
 
     for step in range(resume.step, tc.steps):
         started = time.perf_counter()
