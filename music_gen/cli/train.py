@@ -171,9 +171,9 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--fad-embedding",
         dest="embedding",
-        metavar="NAME",
-        default="codec-latents",
-        help="codec-latents[-mean]",
+        choices=["log-mel", "codec-latents", "codec-latents-mean"],
+        default="log-mel",
+        help="what FAD embeds audio with (default log-mel: spectral, codec-independent)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
@@ -211,6 +211,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     print("per codebook " + " ".join(f"{c['loss']:.3f}" for c in val["per_codebook"]))
     if "accuracy" in adherence:
         print(f"adherence    {adherence['accuracy']:.3f} (chance {adherence['chance']:.3f})")
+        if "audio" in adherence:
+            print(
+                f"  on audio   {adherence['audio']['accuracy']:.3f} (decoded, log-mel classifier)"
+            )
     else:
         print(f"adherence    skipped: {adherence['skipped']}")
     print(f"fad          {fad['fad']:.4f} ({fad['embedding']})")
@@ -220,6 +224,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         figures = {"eval_loss": val["loss"], "eval_fad": fad["fad"]}
         if "accuracy" in adherence:
             figures["eval_adherence_accuracy"] = adherence["accuracy"]
+            if "audio" in adherence:
+                figures["eval_audio_adherence_accuracy"] = adherence["audio"]["accuracy"]
         registry.record_metrics(name, version, figures)
         print(f"registered   {', '.join(figures)} on models:/{name}/{version}")
     if args.output:

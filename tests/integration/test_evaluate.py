@@ -91,10 +91,13 @@ def check_results(results: dict) -> None:
     assert confusion.shape == (NUM_CLASSES, NUM_CLASSES)
     assert (confusion.sum(axis=1) == PER_CLASS).all()
     assert adherence["accuracy"] == pytest.approx(np.trace(confusion) / confusion.sum())
+    by_ear = adherence["audio"]  # the same generations, decoded and classified on audio
+    assert by_ear["labels"] == adherence["labels"] and by_ear["classifier"] == "log-mel centroid"
+    assert np.array(by_ear["confusion"]).sum(axis=1).tolist() == [PER_CLASS] * NUM_CLASSES
 
     fad = results["fad"]
     assert math.isfinite(fad["fad"]) and fad["fad"] >= 0
-    assert fad["embedding"] == "codec-latents" and fad["fake_clips"] == PER_CLASS * NUM_CLASSES
+    assert fad["embedding"] == "log-mel" and fad["fake_clips"] == PER_CLASS * NUM_CLASSES
 
 
 @pytest.mark.slow
@@ -117,6 +120,9 @@ def test_evaluate_cli_writes_json_and_logs_to_mlflow(
         results["prompt_adherence"]["accuracy"]
     )
     assert metrics["eval_fad"] == pytest.approx(results["fad"]["fad"])
+    audio = results["prompt_adherence"]["audio"]["accuracy"]
+    assert metrics["eval_audio_adherence_accuracy"] == pytest.approx(audio)
+    assert "on audio" in printed
     assert {f"eval_loss_cb{k}" for k in range(4)} <= metrics.keys()
     experiment = mlflow.MlflowClient(tracking).get_experiment(run.info.experiment_id)
     assert experiment.name == "evaluate"
