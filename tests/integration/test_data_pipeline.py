@@ -293,8 +293,10 @@ def test_validate_catches_corrupted_shards(full_run, tmp_path, capsys):
     text = "\n".join(report["violations"])
     for needle in ("cardinality", "frames but", "empty caption", "unreadable shard"):
         assert needle in text, text
+    # Both rewritten shards also differ from what their completion markers recorded.
+    assert sum("damaged after writing" in line for line in report["violations"]) == 2, text
     assert main(["data", "validate", str(broken)]) == 1
-    assert "violations  4" in capsys.readouterr().out
+    assert "violations  6" in capsys.readouterr().out
 
 
 # --- pieces that need no cluster -------------------------------------------------------------
