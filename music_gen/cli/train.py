@@ -218,6 +218,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     else:
         print(f"adherence    skipped: {adherence['skipped']}")
     print(f"fad          {fad['fad']:.4f} ({fad['embedding']})")
+    if "chroma_cosine" in results.get("melody", {}):
+        melody = results["melody"]
+        print(
+            f"melody       chroma cosine {melody['chroma_cosine']:.3f} "
+            f"(mismatched pairs {melody['mismatched_chroma_cosine']:.3f})"
+        )
     if results.get("mlflow_run_id"):
         print(f"mlflow run   {results['mlflow_run_id']}")
     if args.register_metrics:

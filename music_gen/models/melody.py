@@ -88,19 +88,25 @@ def melody_chroma(
     is looped (or cut) to ``chroma_length`` on its own, so a short row repeats itself
     rather than being padded by another row's length.
     """
-    from music_gen.audio.transforms import resample
-
     clips = _clips(melody, batch)
     if not isinstance(sample_rate, int) or isinstance(sample_rate, bool) or sample_rate <= 0:
         raise UsageError(f"melody_sample_rate must be a positive integer, got {sample_rate!r}")
     rows = []
     for index, clip in enumerate(clips):
-        mono = clip.float().mean(dim=0)[: max(1, round(duration * sample_rate))]  # [S]
-        if not bool(torch.isfinite(mono).all()):
+        clip = clip[:, : max(1, round(duration * sample_rate))]  # [C, S]
+        if not bool(torch.isfinite(clip).all()):
             raise AudioError(f"melody {index + 1} has NaN or infinite samples")
-        mono = resample(mono, sample_rate, settings.sample_rate)
-        rows.append(chromagram(mono[None], settings)[0])  # [T, 12]
+        rows.append(clip_chroma(clip, sample_rate, settings))  # [T, 12]
     return torch.stack([loop_frames(row[None], settings.chroma_length)[0] for row in rows])
+
+
+def clip_chroma(clip: torch.Tensor, sample_rate: int, settings: ChromaSettings) -> torch.Tensor:
+    """One clip ``[C, S]`` at ``sample_rate`` -> its chroma ``[T, 12]``, mixed to mono and
+    resampled first (no looping: what ``chroma_cosine`` compares)."""
+    from music_gen.audio.transforms import resample
+
+    mono = resample(clip.float().mean(dim=0), sample_rate, settings.sample_rate)  # [S']
+    return chromagram(mono[None], settings)[0]
 
 
 def loop_frames(chroma: torch.Tensor, frames: int) -> torch.Tensor:

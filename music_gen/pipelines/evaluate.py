@@ -30,6 +30,11 @@ can call on their own:
     classifier. With only a few short clips per class the histograms get sparse
     (256 codes) and the classifier itself drops to ~80%.
 
+``melody_adherence`` (models with a melody conditioner)
+    Held-out rows' own audio is the melody of a generation prompted with the row's
+    caption; the chroma cosine of melody and output (audiocraft's measure), beside the
+    same with mismatched pairs (what ignoring the melody scores).
+
 ``prompt_adherence["audio"]``
     The same generations judged by ear: decoded by the model's codec and classified by
     ``adherence.AudioClassifier`` (log-mel statistics, nearest centroid, fitted on real
@@ -298,6 +303,77 @@ def prompt_adherence(
     return report
 
 
+# --- melody ------------------------------------------------------------------------------------
+
+
+def melody_adherence(
+    model: MusicGen,
+    rows: list[dict],
+    duration: float,
+    seed: int,
+    guidance_scale: float,
+    batch_size: int,
+) -> dict:
+    """How closely generations follow their melody (models with a melody conditioner).
+
+    Each row's own audio (its codes decoded by the model's codec, ``duration`` long) is
+    the melody of a generation prompted with the row's caption; the score is the chroma
+    cosine between melody and output (``melody.chroma_cosine``, audiocraft's measure).
+    ``mismatched`` pairs each output with another row's melody: the level a model that
+    ignored its melody would get (one-hot chroma of unrelated tunes: about 1/12).
+    """
+    if len(rows) < 2:
+        return {"skipped": f"{len(rows)} held-out row(s): the measure needs 2 or more"}
+    settings = model.conditioner.melody
+    frames = max(1, round(duration * model.frame_rate))
+    melodies = [c[0] for c in _decoded(model, [shards.read_codes(r) for r in rows], frames)]
+    outputs_codes = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        outputs_codes.append(
+            model.generate_codes(
+                [r["caption"] or "" for r in chunk],
+                duration=duration,
+                guidance_scale=guidance_scale,
+                seed=[seed + start + i for i in range(len(chunk))],
+                melody=melodies[start : start + batch_size],
+                melody_sample_rate=model.sample_rate,
+            ).cpu()
+        )  # [B, K, T]
+    generated = [c.numpy() for batch in outputs_codes for c in batch]
+    played = [c[0] for c in _decoded(model, generated, frames)]
+    scores = melody_scores(melodies, played, model.sample_rate, settings)
+    return {**scores, "clips": len(rows), "duration": duration}
+
+
+def melody_scores(melodies, outputs, sample_rate: int, settings) -> dict:
+    """Mean chroma cosine of each output ``[C, S]`` with its melody ``[C, S]``, and with
+    the next row's melody (``mismatched``: what ignoring the melody would score)."""
+    from music_gen.models.melody import chroma_cosine, clip_chroma
+
+    wanted = [clip_chroma(m, sample_rate, settings) for m in melodies]  # [T, 12] each
+    got = [clip_chroma(o, sample_rate, settings) for o in outputs]
+    others = wanted[1:] + wanted[:1]
+
+    def mean_cosine(pairs) -> float:
+        values = [float(chroma_cosine(a[None], b[None])) for a, b in pairs]
+        return sum(values) / len(values)
+
+    return {
+        "chroma_cosine": mean_cosine(zip(wanted, got, strict=True)),
+        "mismatched_chroma_cosine": mean_cosine(zip(others, got, strict=True)),
+    }
+
+
+def _decoded(model: MusicGen, codes: list[np.ndarray], frames: int) -> list[torch.Tensor]:
+    """Each ``[K, T]`` row cut to ``frames`` and decoded alone: ``[1, C, S]`` audio each."""
+    out = []
+    for row in codes:
+        batch, _ = losses.crop_codes([row], frames, None)  # [1, K, T]
+        out.append(model.decode(batch.to(model.device)).cpu())
+    return out
+
+
 # --- everything together ----------------------------------------------------------------------
 
 
@@ -323,6 +399,8 @@ class EvaluateConfig:
     seed: int = 0
     fad_clips: int = 24
     """Real clips for FAD."""
+    melody_clips: int = 8
+    """Held-out rows whose audio is the melody of a generation (melody models only)."""
     embedding: Embedding | str = "log-mel"
     """A name in ``EMBEDDINGS`` or an ``Embedding``."""
 
@@ -376,6 +454,9 @@ def evaluate(
         adherence = {"skipped": "not synthetic data: some rows have no synth class"}
         generated = generate_batches(model, [r["caption"] or "" for r in real], *generation)
     results["prompt_adherence"] = adherence
+    if model.has_melody:
+        held = real[: settings.melody_clips]
+        results["melody"] = melody_adherence(model, held, *generation)
     real_codes = [shards.read_codes(row) for row in real]
     results["fad"] = fad_section(model, real_codes, generated, embedding, settings.batch_size)
     if mlflow_logging:
@@ -434,6 +515,8 @@ def metrics_of(results: dict) -> dict[str, float]:
     if "accuracy" in adherence.get("audio", {}):
         metrics["eval_audio_adherence_accuracy"] = adherence["audio"]["accuracy"]
     metrics["eval_fad"] = results["fad"]["fad"]
+    if "chroma_cosine" in results.get("melody", {}):
+        metrics["eval_melody_chroma_cosine"] = results["melody"]["chroma_cosine"]
     return metrics
 
 

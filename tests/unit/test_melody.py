@@ -128,3 +128,36 @@ def test_prefix_lm_full_forward_equals_incremental_decoding():
     steps = torch.cat([lm.step(codes[..., s : s + 1], state) for s in range(6)], dim=2)
     torch.testing.assert_close(steps, full, atol=1e-5, rtol=1e-4)
     assert not any(hasattr(block, "norm_cross") for block in lm.blocks)
+
+
+def test_evaluate_scores_how_closely_generations_follow_their_melody(melody_checkpoint, tmp_path):
+    from music_gen.pipelines.evaluate import (
+        EvaluateConfig,
+        evaluate,
+        metrics_of,
+    )
+    from music_gen.testing import make_synth_dataset
+
+    model = MusicGen.from_pretrained(melody_checkpoint)
+    data = make_synth_dataset(tmp_path / "ds", model.codec, num_clips=8, seconds=0.5)
+    settings = EvaluateConfig(
+        per_class=1, duration=0.3, melody_clips=3, fad_clips=4, batch_size=4, val_fraction=0.5
+    )
+    results = evaluate(model, data, settings, mlflow_logging=False)
+    melody = results["melody"]
+    assert melody["clips"] == 3 and 0 <= melody["chroma_cosine"] <= 1
+    assert metrics_of(results)["eval_melody_chroma_cosine"] == melody["chroma_cosine"]
+
+
+def test_melody_scores_tell_following_a_melody_from_ignoring_it():
+    from music_gen.pipelines.evaluate import melody_scores
+
+    tunes = [_tune(names, 0.5, 16_000)[None] for names in (["C", "E"], ["G", "A"], ["B", "C"])]
+    followed = melody_scores(tunes, tunes, 16_000, SETTINGS)  # outputs that play their melody
+    assert followed["chroma_cosine"] == pytest.approx(1.0)
+    assert followed["mismatched_chroma_cosine"] < 0.5
+    noise = [
+        0.1 * torch.randn(1, 8000, generator=torch.Generator().manual_seed(i)) for i in range(3)
+    ]
+    ignored = melody_scores(tunes, noise, 16_000, SETTINGS)
+    assert ignored["chroma_cosine"] < followed["chroma_cosine"] - 0.3
