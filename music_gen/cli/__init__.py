@@ -1,8 +1,8 @@
 """The ``music-gen`` command: one entry point, a subcommand per job.
 
 Each job has its own module here (``data``, ``codec``, ``generate``, ``train`` with
-``tune`` and ``evaluate``, ``registry``, ``serve``, ``submit``, ``demo``); each subcommand
-is an ``add_*`` function that declares its flags and points ``run`` at a small handler. Heavy imports (torch, ray, mlflow) happen inside
+``tune`` and ``evaluate``, ``report`` with ``compare``, ``registry``, ``serve``, ``submit``,
+``demo``); each subcommand is an ``add_*`` function that declares its flags and points ``run`` at a small handler. Heavy imports (torch, ray, mlflow) happen inside
 handlers so ``music-gen --help`` stays fast. User mistakes raise
 ``MusicGenError`` and come out as one line and a non-zero exit.
 """
@@ -29,6 +29,7 @@ from music_gen.cli.demo import add_demo
 from music_gen.cli.generate import add_generate
 from music_gen.cli.interactive import add_interactive
 from music_gen.cli.registry import add_registry
+from music_gen.cli.report import add_compare, add_report
 from music_gen.cli.serve import add_serve
 from music_gen.cli.submit import add_submit
 from music_gen.cli.train import add_evaluate, add_train, add_tune
@@ -38,7 +39,7 @@ __all__ = ["build_parser", "main", "split_overrides"]
 COMMANDS = [
     add_generate, add_demo, add_data, add_codec, add_train, add_tune, add_evaluate,
     add_registry, add_serve, add_submit,
-    add_interactive,
+    add_interactive, add_report, add_compare,
 ]  # fmt: skip
 
 

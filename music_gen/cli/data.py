@@ -8,7 +8,7 @@ from music_gen.cli.common import apply_verbose, config_args, verbose_arg
 
 
 def add_data(sub: argparse._SubParsersAction) -> None:
-    """`music-gen data synth|tokenize|validate`."""
+    """`music-gen data synth|prepare|tokenize|validate`."""
     p = sub.add_parser("data", help="make, tokenize and check datasets")
     data = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
 
@@ -26,6 +26,23 @@ def add_data(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--format", choices=["wav", "flac", "mp3", "ogg"], default="wav")
     s.add_argument("--classes", help="comma-separated subset of the synth classes (default: all)")
     s.set_defaults(run=run_data_synth)
+
+    m = data.add_parser(
+        "prepare",
+        help="turn a captioned dataset's table (MusicCaps CSV) and local audio into a manifest",
+        description="Read a MusicCaps-style CSV (ytid, start_s, end_s, caption, aspect_list) "
+        "and find each row's audio in --audio-dir (YTID.wav/.flac/.mp3/.ogg or [YTID].EXT; "
+        "nothing is downloaded); write a JSONL manifest for `data tokenize --input`. Files "
+        "as long as their clip are used where they are; whole recordings have the clip cut "
+        "out into MANIFEST_clips/. Aspects become genre, moods and instrument by a small "
+        "fixed vocabulary (music_gen/pipelines/musiccaps.py). Rows without usable audio are "
+        "counted and listed in MANIFEST.missing.csv.",
+    )
+    m.add_argument("--format", required=True, choices=["musiccaps"], help="the table's layout")
+    m.add_argument("--csv", required=True, help="the MusicCaps-style CSV")
+    m.add_argument("--audio-dir", required=True, help="folder holding the downloaded audio")
+    m.add_argument("--output", "-o", required=True, help="the manifest to write (.jsonl)")
+    m.set_defaults(run=run_data_prepare)
 
     t = data.add_parser(
         "tokenize",
@@ -68,6 +85,13 @@ def run_data_synth(args: argparse.Namespace) -> int:
         args.output, args.num_clips, args.seconds, args.seed, args.sample_rate, args.format, classes
     )
     print(f"wrote {len(paths)} clips of {args.seconds:g} s ({', '.join(classes)}) to {args.output}")
+    return 0
+
+
+def run_data_prepare(args: argparse.Namespace) -> int:
+    from music_gen.pipelines.musiccaps import format_summary, prepare_musiccaps
+
+    print(format_summary(prepare_musiccaps(args.csv, args.audio_dir, args.output)))
     return 0
 
 

@@ -152,6 +152,14 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
         help="record eval_loss, eval_fad and adherence on the registered version that "
         "--model names (models:/NAME/VERSION or @ALIAS), for `registry promote`'s gate",
     )
+    evaluate_settings_args(p)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    config_args(p)
+    p.set_defaults(run=run_evaluate)
+
+
+def evaluate_settings_args(p: argparse.ArgumentParser) -> None:
+    """The flags of ``EvaluateConfig`` (named as its fields), for `evaluate` and `compare`."""
     p.add_argument("--split", choices=["val", "all"], default="val", help="rows scored for loss")
     p.add_argument("--val-fraction", type=float, help="default: data.val_fraction, as training")
     p.add_argument("--batch-size", type=int, default=8)
@@ -176,21 +184,34 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
         help="what FAD embeds audio with (default log-mel: spectral, codec-independent)",
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
-    config_args(p)
-    p.set_defaults(run=run_evaluate)
+    p.add_argument(
+        "--samples",
+        type=int,
+        default=0,
+        metavar="N",
+        help="save N generated clips as WAV next to the results (for `music-gen report`)",
+    )
 
 
-def run_evaluate(args: argparse.Namespace) -> int:
+def evaluate_settings(args: argparse.Namespace):
+    """An ``EvaluateConfig`` from ``evaluate_settings_args``' flags; held-out rows as
+    training holds them out (data.val_fraction of --config/overrides) unless given."""
     import dataclasses
 
-    from music_gen.pipelines.evaluate import EvaluateConfig, evaluate
+    from music_gen.pipelines.evaluate import EvaluateConfig
 
     settings = EvaluateConfig(
         **{field.name: getattr(args, field.name) for field in dataclasses.fields(EvaluateConfig)}
     )  # the flags are named as the fields
-    if settings.val_fraction is None:  # as training holds out: data.val_fraction
+    if settings.val_fraction is None:
         settings.val_fraction = load_args_config(args).data.val_fraction
+    return settings
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from music_gen.pipelines.evaluate import evaluate, samples_folder
+
+    settings = evaluate_settings(args)
     if args.register_metrics:  # checked before the compute is spent
         from music_gen.platform import registry
 
@@ -234,6 +255,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
                 figures["eval_audio_adherence_accuracy"] = adherence["audio"]["accuracy"]
         registry.record_metrics(name, version, figures)
         print(f"registered   {', '.join(figures)} on models:/{name}/{version}")
+    if results.get("samples"):
+        print(f"samples      {len(results['samples'])} clips in {samples_folder(args.output)}")
     if args.output:
         print(f"results      {args.output}")
     return 0

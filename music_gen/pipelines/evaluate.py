@@ -61,7 +61,9 @@ Which rows are held out: the same source files as training holds out
 so ``split="val"`` scores exactly the rows training validated on. With no held-out rows (``val_fraction`` 0, a single file) the
 loss falls back to all rows, with a note in the results.
 
-``evaluate`` runs all three (settings in an ``EvaluateConfig``), writes JSON and logs
+``evaluate`` runs all three (settings in an ``EvaluateConfig``), writes JSON (with
+``samples`` set, also that many generated clips as WAV in ``results_samples/`` beside
+it, listed under ``samples``: what ``music-gen report`` plays and draws) and logs
 metrics to the platform's MLflow store (``platform/tracking.py``: the run given by
 ``run_id``, else a new run in experiment ``evaluate``). Plain pyarrow reads the shards:
 evaluation needs no Ray.
@@ -71,6 +73,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -403,6 +406,8 @@ class EvaluateConfig:
     """Held-out rows whose audio is the melody of a generation (melody models only)."""
     embedding: Embedding | str = "log-mel"
     """A name in ``EMBEDDINGS`` or an ``Embedding``."""
+    samples: int = 0
+    """Generated clips to save as WAV next to the results (``save_samples``); 0: none."""
 
 
 def evaluate(
@@ -414,16 +419,20 @@ def evaluate(
     run_id: str | None = None,
     device=None,
     mlflow_logging: bool = True,
+    samples_dir: str | None = None,
 ) -> dict:
     """Validation loss, prompt adherence (synth data) and FAD of ``model_src`` on ``data_dir``.
 
     ``model_src`` is anything ``MusicGen.from_pretrained`` loads, or a ``MusicGen``.
     Writes the results as JSON to ``output`` (when given) and logs them to the platform's
     MLflow store (``tracking.tracking_uri()``, where ``runs:/`` models are read from too).
+    With ``settings.samples``, that many generated clips are saved as WAV in
+    ``samples_dir`` (default: ``samples_folder(output)``) and listed under ``samples``.
     """
     settings = settings or EvaluateConfig()
     if output:
         outputs.check_file(output, "--output")  # before the compute, not after it
+    samples_dir = _check_samples(settings.samples, samples_dir, output)
     fraction = settings.val_fraction
     fraction = default_val_fraction() if fraction is None else fraction
     if mlflow_logging and run_id is not None:
@@ -459,11 +468,91 @@ def evaluate(
         results["melody"] = melody_adherence(model, held, *generation)
     real_codes = [shards.read_codes(row) for row in real]
     results["fad"] = fad_section(model, real_codes, generated, embedding, settings.batch_size)
+    if samples_dir is not None:
+        prompts = _generated_prompts(adherence, real, settings)
+        base = Path(output).expanduser().parent if output else None
+        results["samples"] = save_samples(
+            model, generated, prompts, settings.seed, settings.samples, samples_dir, base
+        )
     if mlflow_logging:
         results["mlflow_run_id"] = log_to_mlflow(results, run_id)
     if output:
         write_results(results, output)
     return results
+
+
+# --- generated samples -----------------------------------------------------------------------
+
+
+def samples_folder(output: str | os.PathLike[str]) -> Path:
+    """Where ``evaluate -o results.json --samples N`` puts its clips: ``results_samples/``."""
+    output = Path(output).expanduser()
+    return output.with_name(output.stem + "_samples")
+
+
+def _check_samples(count: int, samples_dir: str | None, output: str | None) -> Path | None:
+    """The folder the samples go to (checked before any compute), ``None`` for no samples."""
+    if count < 0:
+        raise UsageError(f"--samples must be 0 or more, got {count}")
+    if count == 0:
+        return None
+    if samples_dir is None:
+        if not output:
+            raise UsageError("--samples needs --output: the clips are saved next to the results")
+        samples_dir = str(samples_folder(output))
+    return outputs.check_dir(samples_dir, "samples folder")
+
+
+def _generated_prompts(adherence: dict, real: list[dict], settings: EvaluateConfig) -> list[str]:
+    """The prompt of each generated clip, in ``generated`` order (as ``evaluate`` made them)."""
+    if "labels" in adherence:
+        return adherence_prompts(adherence["labels"], settings.per_class, settings.seed)[0]
+    return [row["caption"] or "" for row in real]
+
+
+def pick_samples(total: int, count: int) -> list[int]:
+    """``count`` indices spread evenly over ``total`` clips (one per class when ``count`` is
+    the number of synth classes: the adherence generations come class by class)."""
+    count = min(count, total)
+    return [index * total // count for index in range(count)]
+
+
+@torch.inference_mode()
+def save_samples(
+    model: MusicGen,
+    generated: Sequence[np.ndarray],
+    prompts: Sequence[str],
+    seed: int,
+    count: int,
+    folder: str | os.PathLike[str],
+    base: Path | None = None,
+) -> list[dict]:
+    """Decode ``count`` of the generated codes ``[K, T]`` and write them as WAV to ``folder``
+    (filled beside it, then moved into place); one entry per clip: its ``path`` (relative
+    to ``base`` when under it), ``prompt`` and the ``seed`` it was generated with."""
+    from music_gen.audio import write_audio
+
+    folder = Path(folder)
+    entries = []
+    with outputs.replace_dir(folder) as temp:
+        for index in pick_samples(len(generated), count):
+            codes = torch.as_tensor(np.asarray(generated[index]))[None]  # [1, K, T]
+            audio = model.decode(codes)[0].cpu()  # [C, S]
+            name = f"sample-{index:03d}.wav"
+            write_audio(temp / name, audio, model.sample_rate)
+            path = folder / name
+            if base is not None and path.resolve().is_relative_to(base.resolve()):
+                path = path.resolve().relative_to(base.resolve())
+            entries.append(
+                {
+                    "path": str(path),
+                    "prompt": prompts[index],
+                    "seed": seed + index,
+                    "seconds": audio.shape[-1] / model.sample_rate,
+                    "sample_rate": int(model.sample_rate),
+                }
+            )
+    return entries
 
 
 def load_model(model_src, device=None) -> MusicGen:
