@@ -177,6 +177,9 @@ def evaluate_settings_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--fad-clips", type=int, default=24, help="real clips for FAD")
     p.add_argument(
+        "--melody-clips", type=int, default=8, help="held-out melodies (melody models only)"
+    )
+    p.add_argument(
         "--fad-embedding",
         dest="embedding",
         choices=["log-mel", "codec-latents", "codec-latents-mean"],

@@ -113,7 +113,7 @@ def test_compare_cli_two_models_side_by_side(model_dirs, data_dir, tmp_path, cap
     for name in model_dirs:
         result = summary["results"][name]
         assert rows["loss"]["values"][name] == result["validation"]["loss"]
-        assert rows["FAD (codec-latents)"]["values"][name] == result["fad"]["fad"]
+        assert rows["FAD (log-mel)"]["values"][name] == result["fad"]["fad"]
     alone = ev.evaluate(model_dirs[0], data_dir, ev.EvaluateConfig(**SETTINGS),
                         mlflow_logging=False, device="cpu")  # fmt: skip
     assert alone["validation"] == summary["results"][model_dirs[0]]["validation"]
