@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from music_gen.cli.common import config_args
+from music_gen.cli.common import config_args, device_args
 from music_gen.cli.train import evaluate_settings, evaluate_settings_args
 
 
@@ -73,7 +73,7 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
         "judged on decoded audio); lets models with different codecs be compared",
     )
     evaluate_settings_args(p)
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    device_args(p, dtype=False)
     config_args(p)
     p.set_defaults(run=run_compare)
 

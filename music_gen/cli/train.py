@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from music_gen.cli.common import apply_verbose, config_args, load_args_config, verbose_arg
+from music_gen.cli.common import (
+    apply_verbose,
+    config_args,
+    device_args,
+    load_args_config,
+    verbose_arg,
+)
 
 TRAIN_DESCRIPTION = (
     "Train a model (a size preset from scratch, train.init=CHECKPOINT, or a "
@@ -153,7 +159,7 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
         "--model names (models:/NAME/VERSION or @ALIAS), for `registry promote`'s gate",
     )
     evaluate_settings_args(p)
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    device_args(p, dtype=False)
     config_args(p)
     p.set_defaults(run=run_evaluate)
 
