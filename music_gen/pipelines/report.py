@@ -405,6 +405,7 @@ def render_report(results: dict, samples: Sequence[dict], history: dict, history
         body.append(note(f"no loss history: {history_note}"))
     body.append("<h2>Prompt adherence</h2>")
     body += adherence_section(adherence)
+    body += melody_section(results.get("melody"))
     body += [
         "<h2>Fréchet Audio Distance</h2>",
         table(
@@ -453,6 +454,41 @@ def adherence_section(adherence: dict) -> list[str]:
         ),
         "<h3>Confusion matrix</h3>",
         confusion_table(adherence),
+        *audio_adherence_section(adherence.get("audio")),
+    ]
+
+
+def audio_adherence_section(audio: dict | None) -> list[str]:
+    """The same generations judged on decoded audio (``evaluate``'s log-mel classifier)."""
+    if not isinstance(audio, dict) or not _adherence_ok(audio):
+        return []
+    return [
+        "<h3>Judged on decoded audio</h3>",
+        table(
+            ["accuracy", "chance", "classifier"],
+            [[fmt(audio["accuracy"]), fmt(audio.get("chance")), audio.get("classifier", "?")]],
+        ),
+        confusion_table(audio),
+    ]
+
+
+def melody_section(melody: dict | None) -> list[str]:
+    """How closely outputs follow their melody (melody models), if evaluate measured it."""
+    if not isinstance(melody, dict) or not _is_number(melody.get("chroma_cosine")):
+        return []
+    return [
+        "<h2>Melody</h2>",
+        table(
+            ["chroma cosine", "mismatched pairs", "clips", "seconds"],
+            [
+                [
+                    fmt(melody["chroma_cosine"]),
+                    fmt(melody.get("mismatched_chroma_cosine")),
+                    melody.get("clips", "?"),
+                    melody.get("duration", "?"),
+                ]
+            ],
+        ),
     ]
 
 

@@ -198,3 +198,22 @@ def test_no_mlflow_store_leaves_the_curves_out_and_creates_none(tmp_path, monkey
     history, note = report.mlflow_history(["abc"])
     assert history == {} and "no MLflow store" in note
     assert not (tmp_path / "work").exists()
+
+
+def test_report_shows_audio_adherence_and_melody_when_measured(tmp_path):
+    results = results_with(
+        melody={"chroma_cosine": 0.6123, "mismatched_chroma_cosine": 0.0871, "clips": 8,
+                "duration": 3.0},
+    )  # fmt: skip
+    results["prompt_adherence"]["audio"] = {
+        "accuracy": 0.625, "confusion": [[3, 1], [2, 2]], "labels": ["sine_pad", "bell"],
+        "chance": 0.5, "classifier": "log-mel centroid",
+    }  # fmt: skip
+    source = write_json(tmp_path / "results.json", results)
+    report.write_report(source, tmp_path / "report.html", use_mlflow=False)
+    page = Page((tmp_path / "report.html").read_text())
+    assert "0.6250" in page.cells and "log-mel centroid" in page.cells
+    assert "0.6123" in page.cells and "0.0871" in page.cells
+    # Two confusion matrices now: by codes, then by ear (its bell row: 2 then 2).
+    rows = [i for i, cell in enumerate(page.cells) if cell == "bell (prompted)"]
+    assert len(rows) == 2 and page.cells[rows[1] + 1 : rows[1] + 3] == ["2", "2"]
