@@ -400,10 +400,12 @@ class ServeConfig(Strict):
     """``Retry-After`` seconds sent with a 503."""
     request_timeout_s: float = Field(300.0, gt=0)
     """Deadline of a request (a request may ask for less with ``timeout_s``); past it: 504."""
-    max_body_bytes: int = Field(65536, gt=0)
-    """Largest request body accepted; larger bodies get 413."""
+    max_body_bytes: int = Field(4_194_304, gt=0)
+    """Largest request body accepted (a melody upload counts, base64); larger bodies get 413."""
     max_duration: float = Field(30.0, gt=0)
     """Longest clip a request may ask for, in seconds."""
+    max_melody_seconds: float = Field(60.0, gt=0)
+    """Longest melody upload (melody models), in seconds; longer ones get 422."""
     stream_chunk_seconds: float = Field(1.0, gt=0)
     """New audio per chunk on ``/generate/stream``."""
     stream_overlap_frames: int = Field(8, ge=0)

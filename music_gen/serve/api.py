@@ -229,6 +229,8 @@ class Api:
     async def generate_stream(self, body: GenerateRequest, request: Request) -> Response:
         if body.format != "wav":
             raise HTTPError(422, "format: the stream is sent as wav")
+        if body.melody is not None:
+            raise HTTPError(422, "melody: not on /generate/stream yet (use /generate)")
         payload, handle, timeout = self._prepare(body)
         chunks = handle.options(stream=True).stream.remote(payload)
         head = await self._within(chunks.__anext__(), timeout, chunks.cancel)

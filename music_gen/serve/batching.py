@@ -66,7 +66,30 @@ def request_attributes(request: dict) -> dict:
     return {name: request.get(name) for name in ATTRIBUTES if request.get(name) is not None}
 
 
-def generate_batch(model, requests: list[dict], mixed_durations: bool = True) -> list[Result]:
+def melody_audio(model, request: dict, max_seconds: float) -> torch.Tensor | None:
+    """A request's melody upload (base64 audio file) as ``[C, S]`` at the model's rate."""
+    import base64
+
+    from music_gen.audio import read_audio
+    from music_gen.errors import AudioError, UsageError
+
+    if request.get("melody") is None:
+        return None
+    if not model.has_melody:
+        raise UsageError("melody: this model has no melody conditioner (a MusicGen-Melody model)")
+    try:
+        audio, _ = read_audio(base64.b64decode(request["melody"]), sample_rate=model.sample_rate)
+    except AudioError as exc:
+        raise AudioError(f"melody: {exc}") from None
+    seconds = audio.shape[-1] / model.sample_rate
+    if seconds > max_seconds:
+        raise UsageError(f"melody: at most {max_seconds:g} s here, got {seconds:.1f} s")
+    return audio
+
+
+def generate_batch(
+    model, requests: list[dict], mixed_durations: bool = True, max_melody_seconds: float = 60.0
+) -> list[Result]:
     """Generate every request; each row's seed gives the audio it gives alone.
 
     Rows run together in the slot engine (``models/engine.py``): each row keeps its own
@@ -83,13 +106,25 @@ def generate_batch(model, requests: list[dict], mixed_durations: bool = True) ->
     other rows are still answered and only the bad one reports the error.
     """
     rows = [sampling_args(request) for request in requests]
-    if _engine_fits(model, rows):
-        return _generate_group(model, rows, _engine_rows)
-    groups: dict[tuple, list[int]] = {}
-    for index, row in enumerate(rows):
-        key: tuple = () if mixed_durations else (row["duration"],)
-        groups.setdefault(key, []).append(index)
     results: list[Result | None] = [None] * len(rows)
+    for index, (row, request) in enumerate(zip(rows, requests, strict=True)):
+        try:
+            row["melody"] = melody_audio(model, request, max_melody_seconds)
+        except MusicGenError as exc:
+            results[index] = _failed(model, row, exc)
+    todo = [i for i, result in enumerate(results) if result is None]
+    if todo and _engine_fits(model, [rows[i] for i in todo]):
+        for index, result in zip(
+            todo, _generate_group(model, [rows[i] for i in todo], _engine_rows), strict=True
+        ):
+            results[index] = result
+        return cast(list[Result], results)
+    groups: dict[tuple, list[int]] = {}
+    for index in todo:
+        row = rows[index]
+        key: tuple = (row["melody"] is not None,)  # a call takes a melody for all rows or none
+        key += () if mixed_durations else (row["duration"],)
+        groups.setdefault(key, []).append(index)
     for number, indices in enumerate(groups.values()):
         group = _generate_group(model, [rows[i] for i in indices], _generate_rows)
         for index, result in zip(indices, group, strict=True):
@@ -100,7 +135,7 @@ def generate_batch(model, requests: list[dict], mixed_durations: bool = True) ->
 
 
 def _engine_fits(model, rows: list[dict]) -> bool:
-    if not model.lm.cfg.cross_attention:
+    if not model.lm.cfg.cross_attention or any(row.get("melody") is not None for row in rows):
         return False
     try:
         return all(model.frames_for(row["duration"]) <= model.max_frames for row in rows)
@@ -166,6 +201,7 @@ def _generate_rows(model, rows: list[dict]) -> list[Result]:
         guidance_scale=[row["guidance_scale"] for row in rows],
         seed=[row["seed"] for row in rows],
         attributes=[row["attributes"] for row in rows],
+        **_melody_args(model, rows),
     )  # [B, K, T_max]
     results = []
     for index, row in enumerate(rows):
@@ -174,6 +210,13 @@ def _generate_rows(model, rows: list[dict]) -> list[Result]:
         seconds = time.perf_counter() - start
         results.append(Result(audio.cpu(), model.sample_rate, row["seed"], seconds, len(rows)))
     return results
+
+
+def _melody_args(model, rows: list[dict]) -> dict:
+    melodies = [row.get("melody") for row in rows]
+    if all(melody is None for melody in melodies):
+        return {}
+    return {"melody": melodies, "melody_sample_rate": model.sample_rate}
 
 
 def stream_chunks(

@@ -219,7 +219,12 @@ class Generator:
             model, info, _ = items[indices[0]]
             requests = [items[i][2] for i in indices]
             results = await asyncio.to_thread(
-                _generate_and_encode, model, info, requests, self.cfg.batch_mixed_durations
+                _generate_and_encode,
+                model,
+                info,
+                requests,
+                self.cfg.batch_mixed_durations,
+                self.cfg.max_melody_seconds,
             )
             for i, result in zip(indices, results, strict=True):
                 if "headers" in result:  # one id per generate_codes call of this batch
@@ -267,14 +272,16 @@ class Generator:
         return self.state()
 
 
-def _generate_and_encode(model, info: dict, requests: list[dict], mixed: bool) -> list[dict]:
+def _generate_and_encode(
+    model, info: dict, requests: list[dict], mixed: bool, max_melody_seconds: float
+) -> list[dict]:
     """``generate_batch`` then each row encoded in its format, with its headers."""
     from music_gen.audio import encode_audio
 
     metrics = replica_metrics()
     answers = []
     for request, result in zip(
-        requests, batching.generate_batch(model, requests, mixed), strict=True
+        requests, batching.generate_batch(model, requests, mixed, max_melody_seconds), strict=True
     ):
         if result.error is not None:
             answers.append({"status": 422, "error": result.error})

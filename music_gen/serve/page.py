@@ -26,6 +26,7 @@ HTML = """<!doctype html>
     <label>Guidance <input id="guidance" type="number" min="0" max="100" step="0.5" value="3"></label>
     <label>Seed <input id="seed" type="number" min="0" step="1" placeholder="random"></label>
     <label>API key <input id="key" type="password" autocomplete="off" placeholder="if needed"></label>
+    <label>Melody <input id="melody" type="file" accept="audio/*"> (melody models)</label>
   </div>
   <button id="generate" type="submit">Generate</button>
 </form>
@@ -51,6 +52,13 @@ $("form").addEventListener("submit", async (event) => {
     format: "wav",
   };
   if ($("seed").value !== "") body.seed = parseInt($("seed").value, 10);
+  const melody = $("melody").files[0];
+  if (melody) {  // the file's bytes as base64, as the API takes them
+    const bytes = new Uint8Array(await melody.arrayBuffer());
+    let text = "";
+    for (let i = 0; i < bytes.length; i += 32768) text += String.fromCharCode(...bytes.subarray(i, i + 32768));
+    body.melody = btoa(text);
+  }
   const headers = { "Content-Type": "application/json" };
   if ($("key").value) headers["Authorization"] = "Bearer " + $("key").value;
   $("generate").disabled = true;

@@ -53,6 +53,27 @@ class GenerateRequest(BaseModel):
     timeout_s: float | None = Field(
         None, gt=0, description="deadline in seconds (at most the server's); past it: 504"
     )
+    melody: str | None = Field(
+        None,
+        min_length=1,
+        description="melody models: an audio file (wav, flac, mp3, ogg) as base64, the tune "
+        "the music follows; cut to the duration, a shorter one repeats",
+    )
+
+    @field_validator("melody")
+    @classmethod
+    def _base64(cls, value: str | None) -> str | None:
+        import base64
+        import binascii
+
+        if value is not None:
+            try:
+                base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError):
+                raise ValueError(
+                    "melody is not base64 (send the audio file's bytes as base64)"
+                ) from None
+        return value
 
     @field_validator("prompt")
     @classmethod

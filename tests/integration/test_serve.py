@@ -197,6 +197,7 @@ BAD_BODIES = [
     ('{"prompt": "x", "bpm": -3}', 422, "bpm"),
     ('{"prompt": "x", "colour": "red"}', 422, "colour"),
     ('{"prompt": "x", "model": "../etc"}', 422, "model"),
+    ('{"prompt": "x", "melody": "@@@ not base64"}', 422, "melody"),
     ('{"prompt": "x", "model": "elsewhere@production"}', 404, "elsewhere@production"),
     ('{"prompt": "x", "prompt2"', 400, "JSON"),
     ("[1, 2]", 422, "body"),
@@ -217,6 +218,19 @@ def test_bad_input_gets_its_status_naming_the_field(app_url, route):
     assert response.status_code == 413
     # The replica is still well after all of that.
     assert post(f"{app_url}/generate", {"prompt": "still here", "duration": 0.5}).ok
+
+
+def test_a_melody_for_this_model_is_a_422_naming_why(app_url):
+    import base64
+
+    from music_gen.audio import encode_audio
+    from tests.helpers import sine
+
+    tune = base64.b64encode(encode_audio(sine(440.0, 0.05, 8000), 8000, "flac")).decode()
+    response = post(f"{app_url}/generate", {"prompt": "x", "duration": 0.5, "melody": tune})
+    assert response.status_code == 422 and "no melody conditioner" in response.json()["error"]
+    response = post(f"{app_url}/generate/stream", {"prompt": "x", "melody": tune})
+    assert response.status_code == 422 and "melody" in response.json()["error"]
 
 
 def test_stream_refuses_other_formats(app_url):

@@ -102,3 +102,62 @@ def test_wav_stream_reads_back(model):
     decoded, rate = read_audio(data)
     assert rate == 16000 and decoded.shape == (1, 1600)
     assert torch.allclose(decoded, audio, atol=1e-4)
+
+
+# --- melody uploads ------------------------------------------------------------------------
+
+
+def _melody_b64(seconds: float, rate: int = 22_050, fmt: str = "flac") -> str:
+    import base64
+
+    from music_gen.audio import encode_audio
+    from tests.helpers import sine
+
+    return base64.b64encode(encode_audio(sine(392.0, seconds, rate), rate, fmt)).decode()
+
+
+def test_a_melody_upload_conditions_its_row_and_others_run_without(tmp_path_factory):
+    from music_gen import MusicGen
+    from tests.unit.test_hf_parity import MELODY, _transformers_melody
+
+    root = tmp_path_factory.mktemp("melody")
+    _transformers_melody(MELODY, root / "hf")
+    melody_model = MusicGen.from_pretrained(root / "hf")
+    tune = _melody_b64(0.5)
+    rows = [request("jazz", 0.3, seed=4, melody=tune), request("pop", 0.3, seed=5)]
+    with_melody, without = generate_batch(melody_model, rows)
+    assert with_melody.error is None and without.error is None
+    assert with_melody.audio.shape == without.audio.shape
+    # The upload is what the row was conditioned on: the same as the Python API's call.
+    audio, _ = read_audio(__import__("base64").b64decode(tune), melody_model.sample_rate)
+    direct = melody_model.generate_codes(
+        ["jazz"], duration=0.3, seed=4, melody=audio, melody_sample_rate=melody_model.sample_rate
+    )
+    assert torch.equal(with_melody.audio, melody_model.decode(direct)[0].cpu())
+    # Too long, or not audio: that row alone fails, with the reason.
+    long, junk, fine = generate_batch(
+        melody_model,
+        [
+            request("a", 0.3, melody=_melody_b64(3.0)),
+            request("b", 0.3, melody="bm90IGF1ZGlv"),  # b"not audio"
+            request("c", 0.3, seed=5),
+        ],
+        max_melody_seconds=2.0,
+    )
+    assert "melody: at most 2 s" in long.error and junk.error.startswith("melody: ")
+    assert fine.error is None and torch.equal(fine.audio, without.audio)
+
+
+def test_a_melody_for_a_model_without_the_conditioner_fails_its_row(model):
+    bad, good = generate_batch(model, [request("a", melody=_melody_b64(0.3)), request("b")])
+    assert "no melody conditioner" in bad.error and good.error is None
+
+
+def test_the_schema_takes_base64_melodies_only():
+    from pydantic import ValidationError
+
+    from music_gen.serve.schemas import GenerateRequest
+
+    assert GenerateRequest(prompt="x", melody=_melody_b64(0.1)).melody
+    with pytest.raises(ValidationError, match="melody is not base64"):
+        GenerateRequest(prompt="x", melody="not base64 at all!")
