@@ -173,7 +173,10 @@ def batch_loss_terms(model: MusicGen, rows: list[dict], frames: int) -> tuple:
     """Per-codebook loss sums and counts ``[K]``, ``[K]`` of one batch of shard rows
     (each row's first ``frames``): ``losses.batch_loss``, as training validates."""
     batch = losses.make_batch(rows, frames, rng=None)
-    return losses.batch_loss(model_forward(model), batch, model.lm.cfg.special_token, model.device)
+    cfg = model.lm.cfg
+    return losses.batch_loss(
+        model_forward(model), batch, cfg.special_token, model.device, cfg.audio_channels
+    )
 
 
 def summarize_loss(totals: losses.LossTotals) -> dict:

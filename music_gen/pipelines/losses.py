@@ -85,20 +85,23 @@ def make_batch(rows, frames: int, rng: np.random.Generator | None) -> Batch:
 
 
 def delay_inputs(
-    codes: torch.Tensor, lengths: torch.Tensor, special: int
+    codes: torch.Tensor, lengths: torch.Tensor, special: int, channels: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``codes [B, K, T]`` + ``lengths [B]`` -> ``(inputs, targets, mask)``, each ``[B, K, S]``.
 
     ``targets`` is the delayed sequence, ``mask`` its positions holding real codes (the
     pattern's valid slots within each row's length), and ``inputs`` the targets shifted
     right by one behind the start token: position s sees steps < s and predicts step s.
+    ``channels=2`` is the stereo pattern (interleaved codebooks, a delay per level), the
+    one a stereo model generates with.
     """
     batch, num_codebooks, _ = codes.shape
-    delayed = build_delay(codes, special)  # [B, K, S]
+    delayed = build_delay(codes, special, channels)  # [B, K, S]
     steps = delayed.shape[-1]
-    frame = torch.arange(steps)[None, :] - torch.arange(num_codebooks)[:, None]  # [K, S]
+    delay = torch.arange(num_codebooks) // channels  # [K]
+    frame = torch.arange(steps)[None, :] - delay[:, None]  # [K, S]
     in_row = frame[None] < lengths[:, None, None]  # [B, K, S]
-    mask = valid_mask(num_codebooks, steps)[None] & in_row  # [B, K, S]
+    mask = valid_mask(num_codebooks, steps, channels=channels)[None] & in_row  # [B, K, S]
     targets = delayed.masked_fill(~mask, special)  # padding reads as "no code", as in generation
     start = targets.new_full((batch, num_codebooks, 1), special)
     inputs = torch.cat([start, targets[..., :-1]], dim=-1)  # [B, K, S]
@@ -131,10 +134,10 @@ Forward = Callable[[torch.Tensor, list[str], list[dict]], torch.Tensor]
 
 
 def batch_loss(
-    forward: Forward, batch: Batch, special: int, device: torch.device
+    forward: Forward, batch: Batch, special: int, device: torch.device, channels: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-codebook cross-entropy sums and counts ``[K]``, ``[K]`` of ``forward`` on ``batch``."""
-    inputs, targets, mask = delay_inputs(batch.codes, batch.lengths, special)  # [B, K, S] each
+    inputs, targets, mask = delay_inputs(batch.codes, batch.lengths, special, channels)
     logits = forward(inputs.to(device), batch.texts, batch.attributes)  # [B, K, S, card]
     return codebook_losses(logits, targets.to(device), mask.to(device))
 

@@ -80,6 +80,22 @@ def test_delay_inputs_mask_the_pattern_and_the_padding():
     assert torch.equal(inputs[:, :, 1:], targets[:, :, :-1])
 
 
+def test_stereo_training_uses_the_pattern_stereo_models_generate_with():
+    K, T_ = 4, 5  # 2 levels x (left, right)
+    codes = torch.arange(2 * K * T_).view(2, K, T_) % SPECIAL
+    lengths = torch.tensor([5, 3])
+    inputs, targets, mask = T.delay_inputs(codes, lengths, SPECIAL, channels=2)
+    S = T_ + K // 2 - 1  # one delay per level, not per codebook
+    assert targets.shape == (2, K, S)
+    full = build_delay(codes, SPECIAL, channels=2)
+    assert torch.equal(targets[0], full[0]) and torch.equal(mask[0], valid_mask(K, S, channels=2))
+    for k in range(K):  # row 1's 3 frames sit at steps level .. level + 2 of codebook k
+        expected = torch.zeros(S, dtype=torch.bool)
+        expected[k // 2 : k // 2 + 3] = True
+        assert torch.equal(mask[1, k], expected)
+    assert torch.equal(inputs[:, :, 1:], targets[:, :, :-1])
+
+
 def test_loss_is_the_mean_over_codebooks_of_masked_cross_entropy():
     torch.manual_seed(0)
     B, K, S, C = 2, 3, 6, 8

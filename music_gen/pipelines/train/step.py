@@ -159,10 +159,12 @@ def train_step(
     precision: str,
     grad_clip: float,
     scaler=None,
+    channels: int = 1,
 ) -> Step:
-    """Forward, backward, clip and step on one batch."""
+    """Forward, backward, clip and step on one batch (``channels``: the model's delay
+    pattern, 2 for stereo)."""
     started = time.perf_counter()
-    inputs, targets, mask = delay_inputs(batch.codes, batch.lengths, special)  # [B, K, S] each
+    inputs, targets, mask = delay_inputs(batch.codes, batch.lengths, special, channels)
     inputs, targets, mask = inputs.to(device), targets.to(device), mask.to(device)
     with autocast(device, precision):
         logits = model(inputs, batch.texts, batch.attributes, drop.to(device))  # [B, K, S, card]
@@ -224,7 +226,8 @@ def validate(
     with torch.no_grad(), autocast(device, precision):
         for rows, weight in mine:
             batch = make_batch(rows, frames, rng=None)
-            totals.add(*batch_loss(scorer, batch, special, device), weight=weight)
+            loss_terms = batch_loss(scorer, batch, special, device, core.lm.cfg.audio_channels)
+            totals.add(*loss_terms, weight=weight)
     core.train(was_training)
     if sharded:  # FSDP keeps the root's weights gathered after a forward with no backward
         model.reshard()

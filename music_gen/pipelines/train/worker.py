@@ -426,7 +426,7 @@ def train_loop_per_worker(config: dict) -> dict | None:
         set_lr(trainee.optimizer, lr)
         result = train_step(
             trainee.wrapped, trainee.optimizer, batch, drop, special, device, tc.precision,
-            tc.grad_clip, trainee.scaler,
+            tc.grad_clip, trainee.scaler, trainee.core.lm.cfg.audio_channels,
         )  # fmt: skip
         if trainee.ema is not None:
             trainee.ema.update(named_trainable(trainee.core))
