@@ -26,6 +26,7 @@ from music_gen.cli.codec import add_codec
 from music_gen.cli.common import split_overrides
 from music_gen.cli.data import add_data
 from music_gen.cli.demo import add_demo
+from music_gen.cli.export import add_export
 from music_gen.cli.generate import add_generate
 from music_gen.cli.interactive import add_interactive
 from music_gen.cli.registry import add_registry
@@ -39,6 +40,7 @@ COMMANDS = [
     add_generate, add_demo, add_data, add_codec, add_train, add_tune, add_evaluate,
     add_registry, add_serve, add_submit,
     add_interactive,
+    add_export,
 ]  # fmt: skip
 
 
