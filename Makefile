@@ -40,9 +40,11 @@ integration: setup
 test: lint
 	$(BIN)/pytest -q --durations=20 tests
 
+# Every benchmark in benchmarks/ as one table (some take many minutes); pass flags in
+# BENCH, e.g. make bench BENCH="--only generation,engine --quick".
+BENCH ?=
 bench: setup
-	$(BIN)/python benchmarks/generation.py
-	@for b in engine tokenize train; do test -f benchmarks/$$b.py && $(BIN)/python benchmarks/$$b.py || true; done
+	$(BIN)/music-gen bench $(BENCH)
 
 clean:
 	rm -rf work build *.egg-info .pytest_cache .ruff_cache

@@ -7,7 +7,9 @@ request's length; requests that arrive meanwhile wait for the whole batch. The e
 admits each request into a free slot between decode steps and returns each at its own
 length. Both serve the same arrivals in the same process, one after the other.
 
-    python benchmarks/engine.py [--requests 8] [--slots 8] [--arrival-s 0.25]
+    python benchmarks/engine.py [--requests 8] [--slots 8] [--arrival-s 0.25] [--quick]
+
+``--quick`` (a smoke run, figures not comparable): 3 requests of 0.1-0.5 s in 2 slots.
 
 Prints one JSON line: audio seconds per wall second, p50/p95 latency and time to first
 step for each, and the engine's throughput as a ratio of batch-at-once.
@@ -43,12 +45,12 @@ def build_model(seed: int = 0):
     return MusicGen.from_config(cfg, codec)
 
 
-def workload(count: int, spacing: float, frame_rate: float, seed: int):
+def workload(count: int, spacing: float, frame_rate: float, seed: int, lengths=(1.0, 8.0)):
     rng = random.Random(seed)
     arrivals, at = [], 0.0
     for i in range(count):
         at += rng.expovariate(1 / spacing)
-        seconds = rng.uniform(1.0, 8.0)
+        seconds = rng.uniform(*lengths)
         arrivals.append((at, f"prompt {i}", max(1, round(seconds * frame_rate))))
     return arrivals
 
@@ -117,10 +119,16 @@ def main() -> None:
     parser.add_argument("--arrival-s", type=float, default=0.25, help="mean gap between arrivals")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--quick", action="store_true", help="3 short requests in 2 slots (a smoke run)"
+    )
     args = parser.parse_args()
+    lengths = (1.0, 8.0)
+    if args.quick:
+        args.requests, args.slots, lengths = 3, 2, (0.1, 0.5)
     torch.set_num_threads(args.threads)
     model = build_model(args.seed)
-    arrivals = workload(args.requests, args.arrival_s, model.frame_rate, args.seed)
+    arrivals = workload(args.requests, args.arrival_s, model.frame_rate, args.seed, lengths)
     with torch.inference_mode():
         model.generate_codes(["warm up"], duration=0.2)
         baseline = batch_at_once(model, arrivals, args.slots)
@@ -134,6 +142,7 @@ def main() -> None:
                 "model": "dim256-L4-H8-K4x1024",
                 "requests": args.requests,
                 "slots": args.slots,
+                "quick": args.quick,
                 "audio_seconds": round(sum(f for _, _, f in arrivals) / model.frame_rate, 1),
                 "batch_at_once": baseline,
                 "engine": engine,

@@ -22,10 +22,12 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 # Library-internal saves and loads are not worth a progress bar each.
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
+from music_gen.cli.bench import add_bench
 from music_gen.cli.codec import add_codec
 from music_gen.cli.common import split_overrides
 from music_gen.cli.data import add_data
 from music_gen.cli.demo import add_demo
+from music_gen.cli.export import add_export
 from music_gen.cli.generate import add_generate
 from music_gen.cli.interactive import add_interactive
 from music_gen.cli.registry import add_registry
@@ -39,7 +41,7 @@ __all__ = ["build_parser", "main", "split_overrides"]
 COMMANDS = [
     add_generate, add_demo, add_data, add_codec, add_train, add_tune, add_evaluate,
     add_registry, add_serve, add_submit,
-    add_interactive, add_report, add_compare,
+    add_interactive, add_report, add_compare, add_export, add_bench,
 ]  # fmt: skip
 
 
