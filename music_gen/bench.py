@@ -23,6 +23,7 @@ from pathlib import Path
 from music_gen.errors import UsageError
 
 QUICK: dict[str, list[str]] = {
+    "codec": ["--steps", "10", "--clips", "8", "--heldout", "4", "--seconds", "1"],
     "engine": ["--quick", "--threads", "1"],  # on a shared machine 2 threads spin for nothing
     "generation": ["--steps", "16", "--repeats", "1", "--batches", "1", "--variants", "mono"],
     "learn": ["--clips", "24", "--seconds", "2", "--steps", "20", "--batch-size", "4",

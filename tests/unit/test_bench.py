@@ -82,3 +82,21 @@ def test_table_flattens_nested_results():
     assert [line.split() for line in lines[2:]] == [["x", "a.b", "1"], ["x", "a.c.d", "s"],
                                                     ["x", "e", "[1,2]"]]  # fmt: skip
     assert flatten({"k": None}) == [("k", "null")]
+
+
+def test_every_quick_flag_is_one_its_script_takes():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from music_gen.bench import QUICK
+
+    folder = Path(__file__).parents[2] / "benchmarks"
+    assert set(QUICK) <= {path.stem for path in folder.glob("*.py")}
+    for name, args in QUICK.items():
+        usage = subprocess.run(
+            [sys.executable, str(folder / f"{name}.py"), "--help"],
+            capture_output=True, text=True, timeout=120,
+        ).stdout  # fmt: skip
+        for flag in (arg for arg in args if arg.startswith("--")):
+            assert flag in usage, (name, flag)
