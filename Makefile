@@ -23,8 +23,10 @@ lock: setup
 	@echo "# Exact versions the test suite runs with (make lock). pyproject.toml holds the ranges." > constraints.txt
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^music-gen' >> constraints.txt
 
+# The whole platform end to end, offline (work/demo); e.g. make demo DEMO_ARGS=--keep-serving
+DEMO_ARGS ?=
 demo: setup
-	$(BIN)/music-gen demo
+	$(BIN)/music-gen demo $(DEMO_ARGS)
 
 lint: setup
 	$(BIN)/ruff check music_gen tests benchmarks
