@@ -32,7 +32,7 @@ QUICK: dict[str, list[str]] = {
     "tokenize": ["--clips", "2", "--copies", "1", "--seconds", "2", "--segment-seconds", "1",
                  "--actors", "1"],
     "train": ["--steps", "8", "--clips", "24", "--batch-size", "4"],
-    "tune": ["--steps", "4", "--every", "2", "--grace", "2", "--clips", "16"],
+    "tune": ["--quick", "--steps", "4", "--every", "2", "--grace", "2", "--clips", "16"],
 }  # fmt: skip
 """Each benchmark's smallest sizes (its own flags); unknown scripts run as they are."""
 
