@@ -911,9 +911,10 @@ class Demo:
             f"   then http://{self.host}:{self.port}/",
             f"                 (or MUSIC_GEN_WORK_DIR={root} music-gen serve --model "
             f"models:/{MODEL_NAME}@production)",
-            "  Ray dashboard  ray start --head --num-cpus 2, then RAY_ADDRESS=127.0.0.1:6379 "
-            f"music-gen demo --workdir {root}{quick} --keep-serving   then http://127.0.0.1:8265 "
-            "(the demo's own cluster runs without one, to spare the cores; `ray stop` after)",
+            "  Ray dashboard  the demo's own cluster runs without one (to spare the cores); for "
+            "one: ray start --head --num-cpus 2, then RAY_AUTH_MODE=token "
+            f"RAY_ADDRESS=127.0.0.1:6379 music-gen demo --workdir {root}{quick} --keep-serving"
+            "   then http://127.0.0.1:8265 (token: ~/.ray/auth_token; `ray stop` ends it)",
         ]
         return {"seconds": seconds, "sizes": self.sizes.name, "ran": ran, "reused": self.reused,
                 "results": r, "lines": lines}  # fmt: skip
