@@ -6,8 +6,8 @@ import argparse
 
 DESCRIPTION = (
     "Run the platform end to end, offline, in stages: synthetic captioned music, a codec "
-    "(k-means calibrated, or trained with Ray Train), Ray Data tokenization, a model trained with Ray Train, a "
-    "2-trial Ray Tune sweep, evaluation (loss, prompt adherence), the MLflow registry "
+    "(k-means calibrated, or trained with Ray Train), Ray Data tokenization, a model "
+    "trained with Ray Train, a 2-trial Ray Tune sweep, evaluation (loss, prompt adherence), the MLflow registry "
     "(register, promote to production) and Ray Serve answering prompts over HTTP. "
     "Everything (data, runs, the MLflow sqlite store, the served audio and spectrograms) "
     "stays in --workdir; a second run reuses every stage that finished. About 10 minutes "

@@ -133,7 +133,7 @@ SIZES = {"default": DEFAULT, "quick": QUICK}
 
 
 class DemoInterrupted(MusicGenError):
-    """Ctrl-C (or a sweep that stopped before its end): re-running resumes."""
+    """Ctrl-C in a stage: everything the demo started is stopped; re-running goes on."""
 
     exit_code = 130
 
@@ -231,55 +231,15 @@ class Ticker:
 # --- the demo -------------------------------------------------------------------------------
 
 
-@dataclass
 class Paths:
     """Where each stage writes, under the work directory."""
 
-    root: Path
-
-    @property
-    def audio(self) -> Path:
-        return self.root / "audio"
-
-    @property
-    def codec(self) -> Path:
-        return self.root / "codec"
-
-    @property
-    def tokens(self) -> Path:
-        return self.root / "tokens"
-
-    @property
-    def runs(self) -> Path:
-        return self.root / "runs"
-
-    @property
-    def codec_runs(self) -> Path:
-        return self.root / "codec-runs"
-
-    @property
-    def tune(self) -> Path:
-        return self.root / "tune"
-
-    @property
-    def evaluation(self) -> Path:
-        return self.root / "evaluation"
-
-    @property
-    def served(self) -> Path:
-        return self.root / "served"
-
-    @property
-    def stages(self) -> Path:
-        return self.root / "stages"
-
-    @property
-    def logs(self) -> Path:
-        return self.root / "logs"
-
-    @property
-    def store(self) -> Path:
-        return self.root / "mlflow.db"
+    def __init__(self, root: Path):
+        self.root = root
+        self.audio, self.codec, self.tokens = root / "audio", root / "codec", root / "tokens"
+        self.runs, self.codec_runs, self.tune = root / "runs", root / "codec-runs", root / "tune"
+        self.evaluation, self.served = root / "evaluation", root / "served"
+        self.stages, self.logs, self.store = root / "stages", root / "logs", root / "mlflow.db"
 
 
 class Demo:
@@ -323,6 +283,7 @@ class Demo:
 
         started = time.perf_counter()
         self._check_records()
+        self._check_port()
         self.paths.root.mkdir(parents=True, exist_ok=True)
         self.say(
             f"music-gen demo ({self.sizes.name} sizes) in {self.paths.root}: "
@@ -379,8 +340,8 @@ class Demo:
         self.paths.logs.mkdir(parents=True, exist_ok=True)
         bar = tqdm(
             desc=label, total=None, leave=False, disable=not self.progress, file=sys.stderr,
-            dynamic_ncols=True, bar_format="{desc} {bar} {n_fmt}/{total_fmt} {elapsed} {postfix}"
-            if name in ("codec", "train", "tune") else "{desc} {elapsed} {postfix}",
+            dynamic_ncols=True, bar_format="{desc} {bar} {n_fmt}/{total_fmt} {elapsed}{postfix}"
+            if name in ("codec", "train", "tune") else "{desc} {elapsed}{postfix}",
         )  # fmt: skip
         saved = sys.stdout
         with open(self.paths.logs / f"{name}.log", "a") as log:
@@ -419,6 +380,16 @@ class Demo:
                     f"{self.paths.root} holds a demo made at {sizes} sizes ({flag}): use "
                     "another --workdir, or delete that one to start afresh"
                 )
+
+    def _check_port(self) -> None:
+        """A busy port is refused before the stages, not after them (when the demo will
+        start Serve itself: on a cluster of its own)."""
+        import ray
+
+        serving = self.keep_serving or self._record("serve") is None
+        own = not ray.is_initialized() and not os.environ.get("RAY_ADDRESS")
+        if serving and own and _in_use(self.host, self.port):
+            raise UsageError(f"port {self.port} on {self.host} is in use: pass --port")
 
     @contextlib.contextmanager
     def _environment(self) -> Iterator[None]:
@@ -531,7 +502,8 @@ class Demo:
             f"codec.train.batch_size={s.codec_batch}", "codec.train.segment_seconds=0.5",
             "codec.train.si_snr_weight=4.0", "codec.train.warmup_steps=20",
             "codec.train.num_workers=1", f"codec.train.cpus_per_worker={WORKER_CPUS}",
-            f"codec.train.torch_threads={THREADS}", f"codec.train.log_every={max(1, s.codec_steps // 20)}",
+            f"codec.train.torch_threads={THREADS}",
+            f"codec.train.log_every={max(1, s.codec_steps // 20)}",
             f"codec.train.checkpoint_every={s.codec_steps}", "codec.train.keep_checkpoints=1",
             "codec.train.name=demo-codec", "codec.train.val_fraction=0.1",
         )  # fmt: skip
@@ -603,8 +575,10 @@ class Demo:
         train_result = self.results["train"]
         cfg = self._train_config(
             s.tune_steps, s.train_batch, s.train_lr, "train.num_workers=1",
-            "train.cpus_per_worker=0.7", f"train.torch_threads={THREADS}", "train.eval_samples=0",
-            f"train.log_every={s.tune_steps}", f"train.checkpoint_every={max(1, s.tune_steps // 2)}",
+            # Two trials side by side on 2 cores, half a core left to Ray Data.
+            "train.cpus_per_worker=0.7", f"train.torch_threads={THREADS}",
+            "train.eval_samples=0", f"train.log_every={s.tune_steps}",
+            f"train.checkpoint_every={max(1, s.tune_steps // 2)}",
             f"train.eval_every={s.tune_steps}", "tune.name=demo-sweep", "tune.num_samples=2",
             f"tune.grace_period={max(1, s.tune_steps // 2)}",
             "tune.search_space={train.lr: {loguniform: [1.0e-4, 1.0e-3]}}",
@@ -616,17 +590,18 @@ class Demo:
         shutil.rmtree(self.paths.tune / "demo-sweep", ignore_errors=True)
         callback = _tune_progress_callback(bar, 2, s.tune_steps)
         summary = sweep(cfg, callbacks=[callback])
-        if summary["interrupted"]:
-            raise DemoInterrupted("the sweep was interrupted: re-run the demo to resume it")
+        if summary["interrupted"]:  # Ray Tune took the Ctrl-C and ended the sweep
+            raise KeyboardInterrupt
         rows = [
             {"trial": r["trial_id"], "lr": r.get("train.lr"), "val_loss": r["best_metric"],
              "steps": r["steps"], "stopped_early": r["stopped_early"], "run_id": r["run_id"]}
             for r in summary["rows"]
         ]  # fmt: skip
         best = summary["best"]
-        return {"trials": rows, "best_trial": best["trial_id"], "best_val_loss": best["best_metric"],
-                "best_run_id": best["run_id"], "best_lr": best.get("train.lr"),
-                "table": summary["table"], "outputs": [summary["table"]]}  # fmt: skip
+        return {"trials": rows, "best_trial": best["trial_id"],
+                "best_val_loss": best["best_metric"], "best_run_id": best["run_id"],
+                "best_lr": best.get("train.lr"), "table": summary["table"],
+                "outputs": [summary["table"]]}  # fmt: skip
 
     def _evaluate(self, bar) -> dict:
         from music_gen.pipelines.evaluate import EvaluateConfig, evaluate
@@ -674,6 +649,12 @@ class Demo:
             if run_id not in registered:
                 registered[run_id] = registry.register_source(MODEL_NAME, run_id=run_id)["version"]
             versions[label] = str(registered[run_id])
+            # This evaluation's figures on the version, for the gate (as `evaluate
+            # --register-metrics` records them).
+            figures = {"eval_loss": candidate["eval_loss"], "eval_fad": candidate["fad"]}
+            if candidate["adherence"] is not None:
+                figures["eval_adherence_accuracy"] = candidate["adherence"]
+            registry.record_metrics(MODEL_NAME, versions[label], figures)
         best = min(candidates, key=lambda label: candidates[label]["eval_loss"])
         reason = f"demo: lowest eval_loss of {', '.join(candidates)} ({best})"
         try:
@@ -739,6 +720,10 @@ class Demo:
         )  # fmt: skip
         check_source(cfg.model)
         app = build(cfg)
+        from music_gen.platform.cluster import verbose
+
+        if not verbose():  # Serve's own INFO lines (started, ready, deleting) stay out
+            logging.getLogger("ray.serve").setLevel(logging.WARNING)
         status = serve.status()
         base = f"http://{self.host}:{self.port}"
         if status.proxies or status.applications:  # Serve runs already (a test's, a cluster's)
@@ -752,10 +737,6 @@ class Demo:
                 raise UsageError(f"port {self.port} on {self.host} is in use: pass --port")
             serve.start(http_options={"host": self.host, "port": self.port})
             self.started_serve = True
-        from music_gen.platform.cluster import verbose
-
-        if not verbose():  # Serve's own INFO lines (started, ready, deleting) stay out
-            logging.getLogger("ray.serve").setLevel(logging.WARNING)
         self.deployed = True
         serve.run(app, name=APP_NAME, route_prefix=cfg.route_prefix, blocking=False)
         return base
@@ -825,7 +806,8 @@ class Demo:
             )
         if name == "tune":
             trials = ", ".join(
-                f"lr {t['lr']:.2e} -> {t['val_loss']:.4f}" + (" (stopped)" if t["stopped_early"] else "")
+                f"lr {t['lr']:.2e} -> {t['val_loss']:.4f}"
+                + (" (stopped by ASHA)" if t["stopped_early"] else "")
                 for t in r["trials"] if t["val_loss"] is not None
             )  # fmt: skip
             return f"{len(r['trials'])} fine-tuning trials (Ray Tune, ASHA): {trials}"

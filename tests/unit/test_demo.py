@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 
 import pytest
 
@@ -38,6 +39,23 @@ def test_bad_flags_are_one_line(tmp_path, capsys):
     afile.write_text("x")
     assert main(["demo", "--workdir", str(afile)]) == 2
     assert "--workdir" in capsys.readouterr().err
+
+
+def test_a_busy_port_is_refused_before_any_stage(tmp_path, capsys, monkeypatch):
+    import ray
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as from a shell
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    work = tmp_path / "demo"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["demo", "--quick", "--workdir", str(work), "--port", str(port)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"music-gen: error: port {port} on 127.0.0.1 is in use: pass --port"
+    )
+    assert not work.exists()
 
 
 def test_a_stage_is_reused_only_with_its_record_and_its_outputs(tmp_path):
