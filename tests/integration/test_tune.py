@@ -141,7 +141,13 @@ def test_parent_and_nested_trial_runs_lose_no_metric(swept):
         # Every checkpoint report Tune saw is in MLflow: val_loss at 2, 4, ... steps (a
         # trial ASHA stops may log one more before its actor is gone).
         assert set(val_steps(client, row["run_id"])) >= set(range(2, row["steps"] + 1, 2))
-        assert child.info.status == ("KILLED" if row["stopped_early"] else "FINISHED")
+        # A trial ASHA stops is KILLED in MLflow; under load its training can reach the last
+        # step before Tune's stop lands (Tune then still calls it stopped early): FINISHED,
+        # and then its run holds the last step's metric.
+        expected = ("KILLED", "FINISHED") if row["stopped_early"] else ("FINISHED",)
+        assert child.info.status in expected, (row, child.info.status)
+        if child.info.status == "FINISHED":
+            assert max(val_steps(client, row["run_id"])) == STEPS, row
     # Two trials ran at the same time at some point (2 fit on the 2-CPU cluster).
     spans = sorted((c.info.start_time, c.info.end_time or 0) for c in children)
     assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:], strict=False))
