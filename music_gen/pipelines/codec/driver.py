@@ -70,14 +70,11 @@ def _tracking_cfg(cfg: Config) -> Config:
 
 
 def build_codec_trainer(cfg: Config, plan: CodecPlan, audio, run_id, uri, relay=None):
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import DataConfig
 
-    from music_gen.pipelines.train.driver import _fail_fast_trainer_class
+    from music_gen.pipelines.train.driver import _fail_fast_trainer_class, run_settings
 
     tc = cfg.codec.train
-    resources = {"CPU": tc.cpus_per_worker}
-    if tc.use_gpu:
-        resources["GPU"] = 1
     return _fail_fast_trainer_class()(
         train_loop_per_worker,
         train_loop_config={
@@ -86,19 +83,7 @@ def build_codec_trainer(cfg: Config, plan: CodecPlan, audio, run_id, uri, relay=
             "tracking_uri": uri,
             "relay": relay,
         },
-        scaling_config=ScalingConfig(
-            num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources
-        ),
-        run_config=RunConfig(
-            name=tc.name,
-            storage_path=plan.storage,
-            checkpoint_config=CheckpointConfig(
-                num_to_keep=tc.keep_checkpoints,
-                checkpoint_score_attribute=VAL_METRIC,
-                checkpoint_score_order="min",
-            ),
-            failure_config=FailureConfig(max_failures=tc.max_failures),
-        ),
+        **run_settings(tc, plan.storage, VAL_METRIC),
         datasets={"train": audio.train, "val": audio.val},
         dataset_config=DataConfig(datasets_to_split=["train"]),
     )

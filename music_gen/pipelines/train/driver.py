@@ -280,17 +280,39 @@ def _user_errors_fail_fast(default):
     return UserErrorsFailFast(default)
 
 
+def run_settings(tc, storage: str, metric: str, gpus: float = 1, callbacks=()) -> dict:
+    """The ``scaling_config`` and ``run_config`` of a run ``tc`` (``cfg.train`` or
+    ``cfg.codec.train``): its workers, name, storage, checkpoints kept by the lowest
+    ``metric``, restarts and ``callbacks``; what training and codec training share."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+
+    resources = {"CPU": tc.cpus_per_worker, **({"GPU": gpus} if tc.use_gpu else {})}
+    return {
+        "scaling_config": ScalingConfig(
+            num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources
+        ),
+        "run_config": RunConfig(
+            name=tc.name,
+            storage_path=storage,
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=tc.keep_checkpoints,
+                checkpoint_score_attribute=metric,
+                checkpoint_score_order="min",
+            ),
+            failure_config=FailureConfig(max_failures=tc.max_failures),
+            callbacks=list(callbacks),
+        ),
+    }
+
+
 def build_trainer(cfg: Config, plan: Plan, run_id: str | None, callbacks=(), relay=None):
     """The ``TorchTrainer`` of a run named ``cfg.train.name`` stored under ``cfg.train.storage``
     (a user error on any worker fails it at once, only crashes are retried);
     ``callbacks`` go to its ``RunConfig`` (a Tune trial passes Ray's Tune report callback),
     ``relay`` is the actor of a ``cluster.LineRelay`` that prints rank 0's progress."""
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import DataConfig
 
     tc = cfg.train
-    resources = {"CPU": tc.cpus_per_worker}
-    if tc.use_gpu:
-        resources["GPU"] = tc.gpus_per_worker
     config = cfg.model_copy(deep=True)
     config.data.output = plan.data
     return _fail_fast_trainer_class()(
@@ -305,20 +327,7 @@ def build_trainer(cfg: Config, plan: Plan, run_id: str | None, callbacks=(), rel
             # Workers resume from the newest complete checkpoint here (not only Ray's record).
             "run_dir": str(run_dir) if (run_dir := resume.run_dir(plan.storage, tc.name)) else None,
         },
-        scaling_config=ScalingConfig(
-            num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources
-        ),
-        run_config=RunConfig(
-            name=tc.name,
-            storage_path=plan.storage,
-            checkpoint_config=CheckpointConfig(
-                num_to_keep=tc.keep_checkpoints,
-                checkpoint_score_attribute=VAL_METRIC,
-                checkpoint_score_order="min",
-            ),
-            failure_config=FailureConfig(max_failures=tc.max_failures),
-            callbacks=list(callbacks),
-        ),
+        **run_settings(tc, plan.storage, VAL_METRIC, tc.gpus_per_worker, callbacks),
         datasets=build_datasets(plan),
         # Workers share the training split; each reads the validation split whole.
         dataset_config=DataConfig(datasets_to_split=["train"]),
