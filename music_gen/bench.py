@@ -26,6 +26,8 @@ QUICK: dict[str, list[str]] = {
     "codec": ["--steps", "10", "--clips", "8", "--heldout", "4", "--seconds", "1"],
     "engine": ["--quick", "--threads", "1"],  # on a shared machine 2 threads spin for nothing
     "generation": ["--steps", "16", "--repeats", "1", "--batches", "1", "--variants", "mono"],
+    "lora": ["--steps", "3", "--frames", "20", "--batch-size", "2", "--cardinality", "64",
+             "--threads", "1"],
     "learn": ["--clips", "24", "--seconds", "2", "--steps", "20", "--batch-size", "4",
               "--per-class", "1"],
     "serve": ["--duration", "0.5", "--rounds", "1"],

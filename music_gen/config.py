@@ -217,6 +217,23 @@ class DataConfig(Strict):
     """Share of segments held out for validation while training."""
 
 
+class LoraConfig(Strict):
+    """LoRA: fine-tune ``train.init`` through small low-rank adapters, the base frozen
+    (``train.lora.rank=16``). The run saves the adapter alone, a few MB."""
+
+    rank: int = Field(0, ge=0)
+    """Rank of each adapter; 0 trains every weight (a full fine-tune, no LoRA)."""
+    alpha: int = Field(16, gt=0)
+    """Scale of the adapters' update: ``alpha / rank`` times ``B @ A``."""
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """Dropout on the adapters' input while training."""
+    targets: list[Literal["self_attn", "cross_attn", "ffn"]] = Field(
+        ["self_attn", "cross_attn"], min_length=1
+    )
+    """The LM's layers that get adapters: ``self_attn`` (qkv, out), ``cross_attn``
+    (q, kv, out), ``ffn`` (fc1, fc2), in every block."""
+
+
 class TrainConfig(Strict):
     name: str = "music-gen"
     """Run name; re-running with the same name and storage resumes from its last checkpoint."""
@@ -250,6 +267,8 @@ class TrainConfig(Strict):
     ema_decay: float | None = Field(None, gt=0, lt=1)
     """Keep an exponential moving average of the weights (e.g. 0.999); it is what checkpoints
     and the final model hold for generation."""
+    lora: LoraConfig = LoraConfig()
+    """LoRA adapters instead of a full fine-tune (``train.lora.rank > 0``; needs ``train.init``)."""
     num_workers: int = Field(1, gt=0)
     """Ray Train workers (one process each, DDP between them)."""
     use_gpu: bool = False

@@ -9,7 +9,10 @@ and registry artifacts hold)::
     text_encoder/        the T5 encoder and tokenizer (transformers layout)
     codec/               the codec (``codec.json`` + weights, see codec.py)
 
-A source string is one of: our directory, a transformers MusicGen directory (its
+A LoRA adapter directory (``lora.py``) holds ``adapter.json`` (its shape and the source of
+its base) and ``adapter.safetensors`` (its matrices) instead.
+
+A source string is one of: our directory, an adapter directory, a transformers MusicGen directory (its
 ``config.json``), an MLflow URI (``models:/``, ``runs:/``) or a hub id (``owner/name``
 that is not a local path). ``source_kind`` is the only rule for telling them apart.
 Weights load strictly: missing or unexpected tensors and shapes that do not fit are one
@@ -35,6 +38,10 @@ TEXT_ENCODER_DIR = "text_encoder"
 CODEC_DIR = "codec"
 MODEL_ENTRIES = (FORMAT_FILE, WEIGHTS_FILE, TEXT_ENCODER_DIR, CODEC_DIR)
 """What a model directory holds (a training checkpoint adds ``train_state/``)."""
+ADAPTER_CONFIG = "adapter.json"
+ADAPTER_FILE = "adapter.safetensors"
+ADAPTER_ENTRIES = (ADAPTER_CONFIG, ADAPTER_FILE)
+"""What a LoRA adapter directory holds (a training checkpoint adds ``train_state/``)."""
 FORMAT_VERSION = 1
 TRANSFORMERS_CONFIG = "config.json"
 
@@ -43,7 +50,7 @@ PREFIXES = {"lm": "lm.", "cond": "cond."}
 SKIPPED_PREFIX = "encoder."
 """Conditioner tensors under this prefix (the T5 encoder) live in ``text_encoder/``."""
 
-SourceKind = Literal["ours", "transformers", "mlflow", "hub", "missing", "unknown"]
+SourceKind = Literal["ours", "adapter", "transformers", "mlflow", "hub", "missing", "unknown"]
 
 
 def source_kind(src: str | Path) -> SourceKind:
@@ -54,6 +61,8 @@ def source_kind(src: str | Path) -> SourceKind:
     path = Path(text).expanduser()
     if (path / FORMAT_FILE).is_file():
         return "ours"
+    if (path / ADAPTER_CONFIG).is_file():
+        return "adapter"
     if (path / TRANSFORMERS_CONFIG).is_file():
         return "transformers"
     if path.exists():
@@ -102,6 +111,8 @@ def codebook_shape(src: str | Path) -> tuple[int, int] | None:
         if kind == "transformers":
             decoder = read_json(path / TRANSFORMERS_CONFIG).get("decoder", {})
             return int(decoder["num_codebooks"]), int(decoder["vocab_size"])
+        if kind == "adapter":  # an adapter has its base's codebooks
+            return codebook_shape(str(read_json(path / ADAPTER_CONFIG)["base"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: unreadable model config ({exc})") from None
     return None

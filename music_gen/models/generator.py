@@ -119,14 +119,18 @@ class MusicGen:
 
     @classmethod
     def from_pretrained(cls, src: str | Path, device=None) -> MusicGen:
-        """Our checkpoint dir, a transformers MusicGen dir or hub id, or ``models:/NAME@ALIAS``."""
+        """Our checkpoint dir, a transformers MusicGen dir or hub id, ``models:/NAME@ALIAS``,
+        or a LoRA adapter dir (loaded over its base and merged, see ``lora.py``)."""
         kind = formats.source_kind(src)
         if kind == "mlflow":
             from music_gen.platform.registry import download_model  # the MLflow edge
 
-            src, kind = download_model(str(src)), "ours"
+            src = download_model(str(src))
+            kind = formats.source_kind(src)
         if kind == "ours":
             model = cls._load_ours(Path(src).expanduser())
+        elif kind == "adapter":
+            model = cls._load_adapter(Path(src).expanduser())
         elif kind in ("transformers", "hub"):
             from music_gen.models.hf import load_transformers_musicgen
 
@@ -159,6 +163,20 @@ class MusicGen:
         formats.load_weights(path / formats.WEIGHTS_FILE, {"lm": lm, "cond": conditioner}, weights)
         codec = load_codec(path / formats.CODEC_DIR)
         return cls(lm, conditioner, codec, max_frames=max_frames)
+
+    @classmethod
+    def _load_adapter(cls, path: Path) -> MusicGen:
+        from music_gen.models import lora
+
+        spec = lora.read_spec(path)
+        try:
+            base = cls.from_pretrained(spec.base)
+        except CheckpointError as exc:
+            raise CheckpointError(
+                f"{path}: its base {spec.base} cannot be loaded ({exc})"
+            ) from None
+        lora.apply_adapter(base, path, spec)
+        return base
 
     def save_pretrained(
         self, directory: str | Path, weights: dict[str, torch.Tensor] | None = None

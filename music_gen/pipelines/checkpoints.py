@@ -12,7 +12,9 @@ Layout (no pickle anywhere; the optimizer file is read with ``weights_only=True`
         ema.safetensors        the EMA weights, only with train.ema_decay
         complete.json          written last, once every other file is in place
 
-``model.safetensors`` holds the weights to generate with: the EMA when there is one.
+``model.safetensors`` holds the weights to generate with: the EMA when there is one. A
+LoRA run (``train.lora.rank > 0``) writes its adapter in place of the model files:
+``adapter.json`` and ``adapter.safetensors`` (see ``models/lora.py``).
 A checkpoint directory is complete when its ``complete.json`` marker exists: the marker
 is written after the whole directory has reached the run's storage, so a directory that a
 crash or Ctrl-C cut short is never resumed from.
@@ -59,9 +61,15 @@ def save_checkpoint(
     raw_weights: dict[str, torch.Tensor] | None = None,
     ema_weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write a checkpoint directory (see the module docstring)."""
+    """Write a checkpoint directory (see the module docstring). A LoRA run's model part is
+    its adapter (``adapter.json``, ``adapter.safetensors``): ``weights`` are its matrices."""
+    from music_gen.models import lora
+
     directory = Path(directory)
-    save_model_dir(directory, model, weights)
+    if lora.spec_of(model.lm) is not None:
+        lora.save_adapter(directory, model.lm, weights)
+    else:
+        save_model_dir(directory, model, weights)
     train_dir = directory / TRAIN_STATE
     train_dir.mkdir(parents=True, exist_ok=True)
     (train_dir / STATE_FILE).write_text(json.dumps(state, indent=1, default=str))
@@ -146,10 +154,12 @@ def newest_complete(run_dir: Path) -> tuple[int, Path] | None:
 
 
 def export_model(checkpoint: Path, output: Path) -> Path:
-    """Copy the model part of a checkpoint (no optimizer state) to ``output``."""
+    """Copy the model part of a checkpoint (no optimizer state) to ``output``: the model
+    directory, or the adapter of a LoRA run."""
     checkpoint, output = Path(checkpoint), Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    for name in MODEL_ENTRIES:
+    adapter = (checkpoint / formats.ADAPTER_CONFIG).is_file()
+    for name in formats.ADAPTER_ENTRIES if adapter else MODEL_ENTRIES:
         source = checkpoint / name
         if source.is_dir():
             shutil.copytree(source, output / name, dirs_exist_ok=True)

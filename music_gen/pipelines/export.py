@@ -10,7 +10,8 @@ place at the end (``outputs.replace_dir``), so a failure leaves nothing behind.
 ``text_encoder/`` with the tokenizer files, ``codec/``) with no training state. A
 directory in our format is copied file for file (``checkpoints.export_model``), so the
 bundle holds exactly the weights the checkpoint generates with (the EMA, when training
-kept one); other sources are loaded and saved.
+kept one); other sources are loaded and saved. A LoRA adapter (or a run or URI holding
+one) is loaded over its base and saved merged: a full checkpoint that needs no base.
 
 ``onnx``: three graphs (float32, opset of torch's exporter) and ``onnx_export.json``, which
 lists every input and output with its dtype and shape and how to drive them::
@@ -137,10 +138,12 @@ def export(src: str, fmt: str, output: str | Path) -> Path:
 
 
 def write_safetensors(model, directory: Path | None, out: Path) -> None:
-    """Our model directory copied as it is (no ``train_state/``), else ``save_pretrained``."""
+    """Our model directory copied as it is (no ``train_state/``), else ``save_pretrained``
+    (a LoRA adapter is then written merged into its base: a full checkpoint)."""
+    from music_gen.models.formats import source_kind
     from music_gen.pipelines.checkpoints import export_model
 
-    if directory is not None:
+    if directory is not None and source_kind(directory) == "ours":
         export_model(directory, out)
     else:
         model.save_pretrained(out)

@@ -27,6 +27,7 @@ from music_gen.models import formats
 from music_gen.platform import tracking
 
 CHECKPOINT_FILE = formats.FORMAT_FILE
+MODEL_MARKERS = (formats.FORMAT_FILE, formats.ADAPTER_CONFIG)
 _ALIAS = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/]+)$")
 _VERSION = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+|latest)$")
 
@@ -95,10 +96,11 @@ def _logged_model_of_run(client, uri: str) -> str:
 
 
 def find_checkpoint(root: Path) -> Path | None:
-    """The directory under ``root`` (itself included) that holds ``music_gen.json``."""
-    if (root / CHECKPOINT_FILE).is_file():
-        return root
-    found = sorted(root.rglob(CHECKPOINT_FILE), key=lambda p: len(p.parts))
+    """The directory under ``root`` (itself included) that holds ``music_gen.json`` (a
+    model) or ``adapter.json`` (a LoRA adapter, which names its base)."""
+    found = sorted(
+        (path for name in MODEL_MARKERS for path in root.rglob(name)), key=lambda p: len(p.parts)
+    )
     return found[0].parent if found else None
 
 
@@ -253,7 +255,7 @@ def _log_source(src: str, is_checkpoint: bool, tracking_uri: str | None, experim
     from music_gen.pipelines import checkpoints
 
     path = Path(src)
-    if is_checkpoint and not (path / CHECKPOINT_FILE).is_file():
+    if is_checkpoint and not any((path / name).is_file() for name in MODEL_MARKERS):
         raise CheckpointError(f"{src} is not a music-gen checkpoint ({CHECKPOINT_FILE} missing)")
     mg = MusicGen.from_pretrained(src)  # raises CheckpointError for a bad source
     metrics = {}

@@ -197,6 +197,45 @@ def test_finetune_from_a_transformers_musicgen_dir(ray_cluster, work, tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in before)  # the weights moved
 
 
+def test_lora_finetune_saves_an_adapter_and_resumes_on_two_workers(ray_cluster, data_dir, work):
+    from music_gen.models import formats, lora
+    from music_gen.models.codec import load_codec
+
+    base_cfg = config(data_dir, work, "unused")
+    torch.manual_seed(3)
+    base = MusicGen.from_config(base_cfg.model, load_codec(f"{data_dir}/codec"))
+    base_dir = base.save_pretrained(work / "lora-base")
+    args = ["train.lora.rank=4", "train.checkpoint_every=2", "train.eval_samples=0",
+            "train.log_every=1", "train.lr=1e-2"]  # fmt: skip
+    cfg = config(data_dir, work, "lora", "train.steps=2", "train.num_workers=1", *args)
+    cfg.train.init = str(base_dir)
+    first = train(cfg)
+    assert first["end_step"] == 2
+
+    # Resumed with two more steps on two DDP workers: the adapter comes back, the base stays.
+    cfg = config(data_dir, work, "lora", "train.steps=4", "train.num_workers=2", *args)
+    cfg.train.init = str(base_dir)
+    second = train(cfg)
+    assert second["start_step"] == 2 and second["end_step"] == 4
+    final = checkpoints.newest_complete(work / "runs" / "lora")[1]
+    names = {p.name for p in final.iterdir()}
+    assert names == {*formats.ADAPTER_ENTRIES, checkpoints.TRAIN_STATE}  # no full model
+    spec = lora.read_spec(final)
+    assert (spec.rank, spec.base) == (4, str(base_dir))
+    adapter_bytes = (final / formats.ADAPTER_FILE).stat().st_size
+    assert adapter_bytes < (base_dir / formats.WEIGHTS_FILE).stat().st_size / 3
+
+    tuned = MusicGen.from_pretrained(final)  # the base with the adapter merged
+    before, after = base.lm.state_dict(), tuned.lm.state_dict()
+    assert before.keys() == after.keys()
+    moved = [k for k in before if not torch.equal(before[k], after[k])]
+    assert moved and all(".self_attn." in k or ".cross_attn." in k for k in moved)
+    # The run's logged model is the adapter: it loads by URI over the same base.
+    by_uri = MusicGen.from_pretrained(second["run_uri"])
+    codes = tuned.generate_codes(["a bell"], duration=0.2, seed=0)
+    assert torch.equal(by_uri.generate_codes(["a bell"], duration=0.2, seed=0), codes)
+
+
 def train_worker_ids() -> set[str]:
     """Every Train worker actor this cluster has started (alive or dead)."""
     from ray._private.state import actors
@@ -227,6 +266,8 @@ def test_bad_configs_fail_fast_with_one_line(data_dir, work, tmp_path, capsys):
         (["--data", data_dir, "--init", str(tmp_path / "nothing")], "checkpoint not found"),
         (["--data", data_dir, "train.batch_size=64"], "fewer than train.batch_size"),
         (["--data", data_dir, "data.val_fraction=0"], "validation split"),
+        (["--data", data_dir, "train.lora.rank=4"], "set train.init"),
+        (["--data", data_dir, "train.lora.targets=[]"], "train.lora.targets"),
     ]
     for args, message in cases:
         assert main(["train", storage, *args]) == 2, args

@@ -73,7 +73,7 @@ def start_shape(init: str) -> tuple[int, int] | None:
     path = Path(init).expanduser()
     _check_weights_readable(path, init)
     kind = formats.source_kind(path)
-    if kind in ("ours", "transformers"):
+    if kind in ("ours", "adapter", "transformers"):
         try:
             return formats.codebook_shape(path)
         except CheckpointError as exc:
@@ -150,6 +150,7 @@ def plan_run(cfg: Config) -> Plan:
         )
     if tc.strategy == "fsdp" and tc.ema_decay:
         raise ConfigError("train.ema_decay is not supported with train.strategy=fsdp yet")
+    _check_lora(cfg)
     table = pq.ParquetDataset(paths).read(columns=["source", "frames", "num_codebooks"])
     sources = table.column("source").to_pylist()
     frames, books = table["frames"].to_pylist(), table["num_codebooks"].to_pylist()
@@ -179,6 +180,22 @@ def plan_run(cfg: Config) -> Plan:
         code_bytes=code_bytes,
         codec_meta=meta,
     )
+
+
+def _check_lora(cfg: Config) -> None:
+    """A LoRA run adapts a base: it needs one, and trains with DDP and without EMA."""
+    tc = cfg.train
+    if not tc.lora.rank:
+        return
+    if not tc.init:
+        raise ConfigError(
+            "train.lora.rank > 0 fine-tunes a base model: set train.init (a checkpoint dir, "
+            "hub id or models:/ URI)"
+        )
+    if tc.strategy == "fsdp":
+        raise ConfigError("train.lora trains with train.strategy=ddp (its base is frozen)")
+    if tc.ema_decay:
+        raise ConfigError("train.ema_decay is not supported with train.lora yet")
 
 
 def _split(batch, val_sources: list[str], validation: bool):

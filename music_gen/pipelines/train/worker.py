@@ -23,6 +23,7 @@ from torch import nn
 
 from music_gen.config import Config
 from music_gen.errors import ConfigError, MusicGenError
+from music_gen.models import formats
 from music_gen.pipelines import checkpoints
 from music_gen.pipelines.losses import make_batch
 from music_gen.pipelines.train import parallel
@@ -56,7 +57,11 @@ def load_start_model(cfg: Config, codec_source: str | None, resume_dir: str | No
     from music_gen import MusicGen
     from music_gen.models.codec import load_codec
 
-    if resume_dir is not None:
+    adapted = cfg.train.lora.rank > 0
+    if adapted:  # the base, then its adapter (the checkpoint's when resuming)
+        model = MusicGen.from_pretrained(cfg.train.init)
+        add_adapter(model, cfg, resume_dir)
+    elif resume_dir is not None:
         model = MusicGen.from_pretrained(resume_dir)
     elif cfg.train.init:
         model = MusicGen.from_pretrained(cfg.train.init)
@@ -66,9 +71,30 @@ def load_start_model(cfg: Config, codec_source: str | None, resume_dir: str | No
     # Training switches that apply whatever the start point.
     model.lm.cfg = replace(model.lm.cfg, gradient_checkpointing=cfg.model.gradient_checkpointing)
     cond = model.conditioner
-    cond.freeze = cfg.model.text.freeze
+    cond.freeze = cfg.model.text.freeze or adapted
     cond.encoder.requires_grad_(not cond.freeze)
     return model
+
+
+def add_adapter(model, cfg: Config, resume_dir: str | None) -> None:
+    """Freeze the base and give its LM fresh LoRA adapters (or the checkpoint's)."""
+    from music_gen.models import lora
+
+    settings = cfg.train.lora
+    model.conditioner.requires_grad_(False)
+    spec = lora.LoraSpec(
+        rank=settings.rank,
+        alpha=settings.alpha,
+        targets=tuple(settings.targets),
+        dropout=settings.dropout,
+        base=cfg.train.init,
+        base_fingerprint=lora.fingerprint(model.lm),
+    )
+    torch.manual_seed(cfg.train.seed)  # every worker draws the same A matrices
+    lora.attach(model.lm, spec)
+    if resume_dir is not None:
+        path = Path(resume_dir) / formats.ADAPTER_FILE
+        lora.load_adapter_weights(model.lm, formats.read_weights(path), path)
 
 
 def check_model_codec(model, meta: dict) -> None:
@@ -159,6 +185,12 @@ def build_trainee(cfg: Config, codec_source, codec_meta: dict, resume: Resume, d
     if scaler is not None and (resume.state or {}).get("grad_scaler"):
         scaler.load_state_dict(resume.state["grad_scaler"])
     return Trainee(musicgen, core, wrapped, optimizer, ema, scaler, device)
+
+
+def count_parameters(module: nn.Module) -> tuple[int, int]:
+    """``(trainable, total)`` parameters of ``module``."""
+    total = sum(p.numel() for p in module.parameters())
+    return sum(p.numel() for p in module.parameters() if p.requires_grad), total
 
 
 # -- data ---------------------------------------------------------------------------------
@@ -275,7 +307,13 @@ def report_checkpoint(
     """Gather the state, let rank 0 write it, and hand it to Ray (every rank reports)."""
     import ray.train  # [ray]
 
-    weights = parallel.full_weights(trainee.wrapped, trainee.core)  # a collective under FSDP
+    from music_gen.models import lora
+
+    weights = (
+        lora.adapter_weights(trainee.core.lm)  # a LoRA run saves its adapter alone
+        if lora.spec_of(trainee.core.lm) is not None
+        else parallel.full_weights(trainee.wrapped, trainee.core)  # a collective under FSDP
+    )
     optim = parallel.optimizer_state(trainee.wrapped, trainee.core, trainee.optimizer)
     ema_weights = dict(trainee.ema.shadow) if trainee.ema is not None else None
     metrics = {**metrics, "step": step}
@@ -409,6 +447,12 @@ def train_loop_per_worker(config: dict) -> dict | None:
     nodes = worker_nodes(world)
     placed = f"{len(set(nodes))} node(s) (rank 0 on {nodes[0]})"
     say(f"[train] {world} worker(s) on {placed}, {device}, {where} of {tc.steps}")
+    if tc.lora.rank:
+        trainable, total = count_parameters(trainee.core)
+        say(
+            f"[train] LoRA rank {tc.lora.rank} over {tc.init}: {trainable:,} of {total:,} "
+            f"parameters train ({trainable / total:.2%})"
+        )
     if resume.step >= tc.steps:  # a finished run re-run: nothing to train, its last figures
         last_val = ((resume.state or {}).get("metrics") or {}).get(VAL_METRIC)
         say(f"[train] already at step {resume.step}: raise train.steps to train further")
