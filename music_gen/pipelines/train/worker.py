@@ -71,6 +71,16 @@ def load_start_model(cfg: Config, codec_source: str | None, resume_dir: str | No
     return model
 
 
+def check_melody_data(model, chroma: bool) -> None:
+    """A melody model trains on the chroma column (the driver checks what it can know
+    before loading: a hub id's conditioner shows only here)."""
+    if model.has_melody and not chroma:
+        raise ConfigError(
+            "the start model has a melody conditioner but the dataset has no chroma column: "
+            "re-tokenize it with `music-gen data tokenize ... --overwrite`"
+        )
+
+
 def check_model_codec(model, meta: dict) -> None:
     """The start model's codec must be the one the dataset was tokenized with."""
     codec = model.codec
@@ -127,13 +137,16 @@ class Trainee:
     device: torch.device
 
 
-def build_trainee(cfg: Config, codec_source, codec_meta: dict, resume: Resume, device) -> Trainee:
+def build_trainee(
+    cfg: Config, codec_source, codec_meta: dict, resume: Resume, device, chroma: bool = False
+) -> Trainee:
     """The start model on ``device``, wrapped for the group, its optimizer, EMA and scaler,
     each loaded from the checkpoint when resuming."""
     tc = cfg.train
     musicgen = load_start_model(cfg, codec_source, resume.directory)
     check_model_codec(musicgen, codec_meta)
-    core = TrainModule(musicgen.lm, musicgen.conditioner)
+    check_melody_data(musicgen, chroma)
+    core = TrainModule(musicgen.lm, musicgen.conditioner, musicgen.frame_rate)
     if resume.directory and (
         raw := checkpoints.read_weights(resume.directory, checkpoints.RAW_WEIGHTS_FILE)
     ):
@@ -384,7 +397,9 @@ def train_loop_per_worker(config: dict) -> dict | None:
     recorded = ray.train.get_checkpoint()  # [ray] the latest checkpoint Ray registered
     checkpoint = choose_checkpoint(recorded, config.get("run_dir"), world)
     resume = Resume.read(checkpoint)
-    trainee = build_trainee(cfg, config["codec_source"], config["codec_meta"], resume, device)
+    trainee = build_trainee(
+        cfg, config["codec_source"], config["codec_meta"], resume, device, config.get("chroma")
+    )
     if resume.directory and resume.directory != checkpoint.path:
         shutil.rmtree(resume.directory, ignore_errors=True)  # a local copy, loaded now
     musicgen = trainee.musicgen
@@ -422,11 +437,14 @@ def train_loop_per_worker(config: dict) -> dict | None:
         fetched = time.perf_counter()
         generator = torch.Generator().manual_seed(int(rng.integers(2**31)))
         drop = condition_dropout(len(batch.texts), cfg.model.cond_dropout, generator)
+        melody_drop = None  # melody models: the melody alone, independently of ``drop``
+        if musicgen.has_melody:
+            melody_drop = condition_dropout(len(drop), cfg.model.melody_dropout, generator)
         lr = tc.lr * lr_factor(step, tc.warmup_steps, tc.steps, tc.min_lr_ratio)
         set_lr(trainee.optimizer, lr)
         result = train_step(
             trainee.wrapped, trainee.optimizer, batch, drop, special, device, tc.precision,
-            tc.grad_clip, trainee.scaler, trainee.core.lm.cfg.audio_channels,
+            tc.grad_clip, trainee.scaler, trainee.core.lm.cfg.audio_channels, melody_drop,
         )  # fmt: skip
         if trainee.ema is not None:
             trainee.ema.update(named_trainable(trainee.core))
