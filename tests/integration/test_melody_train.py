@@ -96,8 +96,9 @@ def test_stereo_round_trip(ray_cluster, tmp_path, monkeypatch):
         stereo = torch.cat([left, 0.5 * left.roll(400, dims=-1)])  # [2, S]: a wider image
         write_audio(clips / f"{meta['name']}.wav", stereo, 16_000)
         (clips / f"{meta['name']}.json").write_text(json.dumps(meta))
-    codec = tiny_calibrated_codec(cardinality=64, channels=2).save(tmp_path / "codec")
-    data = tokenize(clips, codec, tmp_path / "data", "data.channels=2")
+    # A mono codec run on each channel (codec.channels=2), as the README tokenizes stereo.
+    codec = tiny_calibrated_codec(cardinality=64).save(tmp_path / "codec")
+    data = tokenize(clips, codec, tmp_path / "data", "codec.channels=2", "data.channels=2")
     meta = shards.codec_info(data)
     assert meta["channels"] == 2 and meta["num_codebooks"] == 8
 

@@ -51,10 +51,24 @@ WARM_STEPS = 5
 # -- setup ------------------------------------------------------------------------------
 
 
-def load_start_model(cfg: Config, codec_source: str | None, resume_dir: str | None):
+def dataset_codec(codec_source: str, meta: dict):
+    """The codec a model trained from scratch is built with: the dataset's, loaded from
+    ``codec_source``; a mono codec that tokenized 2 channels (``codec.channels=2``)
+    is wrapped as the interleaved stereo codec it ran as."""
+    from music_gen.models.codec import load_codec
+    from music_gen.models.stereo import StereoCodec
+
+    codec = load_codec(codec_source)
+    if codec.channels == 1 and meta.get("channels") == 2:
+        codec = StereoCodec(codec)
+    return codec
+
+
+def load_start_model(
+    cfg: Config, codec_source: str | None, resume_dir: str | None, codec_meta: dict
+):
     """The model a worker starts from: the run's checkpoint, ``train.init``, or the preset."""
     from music_gen import MusicGen
-    from music_gen.models.codec import load_codec
 
     if resume_dir is not None:
         model = MusicGen.from_pretrained(resume_dir)
@@ -62,7 +76,7 @@ def load_start_model(cfg: Config, codec_source: str | None, resume_dir: str | No
         model = MusicGen.from_pretrained(cfg.train.init)
     else:
         torch.manual_seed(cfg.train.seed)  # every worker builds the same weights
-        model = MusicGen.from_config(cfg.model, load_codec(codec_source))
+        model = MusicGen.from_config(cfg.model, dataset_codec(codec_source, codec_meta))
     # Training switches that apply whatever the start point.
     model.lm.cfg = replace(model.lm.cfg, gradient_checkpointing=cfg.model.gradient_checkpointing)
     cond = model.conditioner
@@ -143,7 +157,7 @@ def build_trainee(
     """The start model on ``device``, wrapped for the group, its optimizer, EMA and scaler,
     each loaded from the checkpoint when resuming."""
     tc = cfg.train
-    musicgen = load_start_model(cfg, codec_source, resume.directory)
+    musicgen = load_start_model(cfg, codec_source, resume.directory, codec_meta)
     check_model_codec(musicgen, codec_meta)
     check_melody_data(musicgen, chroma)
     core = TrainModule(musicgen.lm, musicgen.conditioner, musicgen.frame_rate)
