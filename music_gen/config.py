@@ -64,6 +64,15 @@ class ModelConfig(Strict):
     """Attribute conditions appended as learned tokens to the cross-attention memory."""
     cond_dropout: float = Field(0.3, ge=0.0, le=1.0)
     """Probability of dropping all conditions while training (classifier-free guidance)."""
+    melody: bool = False
+    """Build a melody conditioner (MusicGen-Melody: a chromagram of a tune leads the
+    sequence as a prefix, no cross-attention). Training conditions it on each segment's
+    own chroma (the dataset's ``chroma`` column); a ``train.init`` model brings its own
+    conditioner, and ``true`` with one that has none is an error."""
+    melody_dropout: float = Field(0.5, ge=0.0, le=1.0)
+    """Melody models: probability of dropping the melody alone while training, drawn
+    independently of ``cond_dropout`` (audiocraft's 0.5), so that the model also learns
+    to follow text without a tune and guidance works with or without one."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
     text: TextEncoderConfig = TextEncoderConfig()
@@ -201,6 +210,9 @@ class DataConfig(Strict):
     """Files whose RMS level is below this (dBFS) are errors ("silent")."""
     files_per_shard: int = Field(64, gt=0)
     """Input files per output shard; a shard is the unit of resume."""
+    chroma: bool = True
+    """Store each segment's chroma (dominant pitch class per code frame) in the shards:
+    what training a melody model (``model.melody``) conditions on."""
     batch_size: int = Field(8, gt=0)
     """Segments per codec batch."""
     num_actors: int = Field(1, gt=0)

@@ -3,7 +3,7 @@
 - ``tiny_model_config`` / ``tiny_codec_config`` / ``tiny_musicgen``: our model at toy size;
 - ``transformers_musicgen``: a random transformers ``MusicgenForConditionalGeneration``
   (saved with its tokenizer when given a directory), sized by config overrides;
-- ``synth_codes`` / ``write_dataset`` / ``make_synth_dataset``: a tokenized dataset of
+- ``synth_codes`` / ``synth_chroma`` / ``write_dataset`` / ``make_synth_dataset``: a tokenized dataset of
   one shard written straight with the shard helpers (much faster than the Ray Data
   pipeline on two cores, and the same format);
 - ``sine``: a test tone.
@@ -119,9 +119,9 @@ def transformers_musicgen(
 # -- tokenized datasets -------------------------------------------------------------------
 
 
-def synth_codes(codec, num_clips: int, seconds: float, seed: int = 0, classes=None):
-    """Codes ``[K, T]`` and sidecar metadata of synth clips ``0 .. num_clips - 1`` encoded
-    by ``codec`` (classes cycle; ``classes`` picks a subset)."""
+def synth_audio(sample_rate: int, num_clips: int, seconds: float, seed: int = 0, classes=None):
+    """Audio ``[N, 1, S]`` and sidecar metadata of synth clips ``0 .. num_clips - 1``
+    (classes cycle; ``classes`` picks a subset)."""
     import numpy as np
     import torch
 
@@ -129,18 +129,41 @@ def synth_codes(codec, num_clips: int, seconds: float, seed: int = 0, classes=No
 
     extra = {"classes": classes} if classes else {}
     clips = [
-        synth.make_clip(i, seconds, seed=seed, sample_rate=codec.sample_rate, **extra)
+        synth.make_clip(i, seconds, seed=seed, sample_rate=sample_rate, **extra)
         for i in range(num_clips)
     ]
-    audio = torch.from_numpy(np.stack([a for a, _ in clips]))  # [N, 1, S]
+    return torch.from_numpy(np.stack([a for a, _ in clips])), [meta for _, meta in clips]
+
+
+def synth_codes(codec, num_clips: int, seconds: float, seed: int = 0, classes=None):
+    """Codes ``[K, T]`` and sidecar metadata of synth clips ``0 .. num_clips - 1`` encoded
+    by ``codec`` (classes cycle; ``classes`` picks a subset)."""
+    import torch
+
+    audio, metas = synth_audio(codec.sample_rate, num_clips, seconds, seed, classes)
     codes = torch.cat([codec.encode(batch) for batch in audio.split(8)])  # [N, K, T]
-    return list(codes.numpy()), [meta for _, meta in clips]
+    return list(codes.numpy()), metas
 
 
-def write_dataset(root, codes: list, metas: list[dict], codec, save_codec: bool = True) -> str:
+def synth_chroma(codec, num_clips: int, seconds: float, seed: int = 0, classes=None):
+    """Pitch classes ``uint8 [T]`` per code frame of the clips ``synth_codes`` encodes, as
+    ``data tokenize`` stores them."""
+    from music_gen.models.melody import pitch_classes
+
+    audio, _ = synth_audio(codec.sample_rate, num_clips, seconds, seed, classes)
+    frames = codec.encode(audio[:1]).shape[-1]
+    return [
+        pitch_classes(clip, codec.sample_rate, codec.hop_length, frames).numpy() for clip in audio
+    ]
+
+
+def write_dataset(
+    root, codes: list, metas: list[dict], codec, save_codec: bool = True, chroma=None
+) -> str:
     """A tokenized dataset at ``root``: one shard of rows (codes ``[K, T]`` with their sidecar
-    metadata), ``dataset.json``, the shard's progress marker and, with ``save_codec``, the
-    codec in ``<root>/codec`` as a tokenized dataset keeps it."""
+    metadata, and ``chroma`` pitch classes ``[T]`` when given: else the shard has no
+    chroma column), ``dataset.json``, the shard's progress marker and, with ``save_codec``,
+    the codec in ``<root>/codec`` as a tokenized dataset keeps it."""
     from music_gen.pipelines import shards, sources
     from music_gen.pipelines.tokenize import codec_metadata
 
@@ -171,11 +194,12 @@ def write_dataset(root, codes: list, metas: list[dict], codec, save_codec: bool 
                 "codes": shards.codes_to_bytes(row_codes),
                 "num_codebooks": row_codes.shape[0],
                 "frames": frames,
+                "chroma": None if chroma is None else shards.chroma_to_bytes(chroma[index]),
             }
         )
     fs, path = sources.resolve(str(root))
     part = shards.part_name(0)
-    table = shards.shard_table(rows, meta)
+    table = shards.shard_table(rows, meta, chroma=chroma is not None)
     shard_file = shards.join(shards.SHARDS, part + ".parquet")
     record = shards.write_table(fs, shards.join(path, shard_file), table)
     info = {"format_version": shards.FORMAT_VERSION, "codec": meta, "num_shards": 1}
@@ -188,7 +212,10 @@ def write_dataset(root, codes: list, metas: list[dict], codec, save_codec: bool 
 def make_synth_dataset(
     root, codec, num_clips: int = 24, seconds: float = 1.0, seed: int = 0, **options
 ) -> str:
-    """``write_dataset`` of ``synth_codes``; ``options``: ``classes``, ``save_codec``."""
+    """``write_dataset`` of ``synth_codes``; ``options``: ``classes``, ``save_codec`` and
+    ``chroma`` (True: with the clips' chroma column, ``synth_chroma``)."""
     classes = options.pop("classes", None)
     codes, metas = synth_codes(codec, num_clips, seconds, seed, classes)
+    if options.pop("chroma", False):
+        options["chroma"] = synth_chroma(codec, num_clips, seconds, seed, classes)
     return write_dataset(root, codes, metas, codec, **options)

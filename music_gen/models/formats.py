@@ -118,6 +118,24 @@ def codebook_shape(src: str | Path) -> tuple[int, int] | None:
     return None
 
 
+MELODY_MODEL_TYPE = "musicgen_melody"
+"""transformers' ``model_type`` of MusicGen-Melody checkpoints."""
+
+
+def has_melody(src: str | Path) -> bool | None:
+    """Whether a local model directory has a melody conditioner, without loading it
+    (``None`` for sources that are not local directories)."""
+    kind, path = source_kind(src), Path(str(src)).expanduser()
+    try:
+        if kind == "ours":
+            return read_meta(path)["conditioner"].get("melody") is not None
+        if kind == "transformers":
+            return read_json(path / TRANSFORMERS_CONFIG).get("model_type") == MELODY_MODEL_TYPE
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{path}: unreadable model config ({exc})") from None
+    return None
+
+
 def join_weights(parts: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """``{"lm": {...}, "cond": {...}}`` module state -> the checkpoint's tensor names."""
     named = {}

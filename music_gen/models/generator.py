@@ -110,6 +110,7 @@ class MusicGen:
             attributes=model_cfg.attributes,
             max_length=text.max_length,
             freeze=text.freeze,
+            melody=melody_settings(model_cfg, codec),
         )
         try:
             lm = LM(lm_cfg)
@@ -411,6 +412,17 @@ class _Run:
 # -- helpers -------------------------------------------------------------------------
 
 
+def melody_settings(model_cfg, codec) -> dict | None:
+    """A new melody model's ``ChromaSettings`` (as a dict; None without ``model.melody``):
+    MusicGen-Melody's STFT, as many chroma frames as the context's seconds give."""
+    if not model_cfg.melody:
+        return None
+    from music_gen.models.melody import ChromaSettings, chroma_frames
+
+    seconds = model_cfg.max_frames / codec.frame_rate
+    return ChromaSettings(chroma_length=chroma_frames(seconds, ChromaSettings())).to_dict()
+
+
 def lm_config_from(model_cfg, codec) -> LMConfig:
     """Turn a ``ModelConfig`` (preset + overrides) into the plain ``LMConfig``.
 
@@ -426,10 +438,18 @@ def lm_config_from(model_cfg, codec) -> LMConfig:
     }
     if "dim" in overrides and "ffn_dim" not in overrides:
         overrides["ffn_dim"] = 4 * overrides["dim"]
+    melody = melody_settings(model_cfg, codec)
+    # A melody model's condition leads the sequence: chroma frames, text tokens, attributes.
+    prefix = (
+        melody["chroma_length"] + model_cfg.text.max_length + len(model_cfg.attributes)
+        if melody
+        else 0
+    )
     return PRESETS[model_cfg.preset](
         num_codebooks=num_codebooks,
         cardinality=cardinality,
-        max_positions=model_cfg.max_frames + num_codebooks,
+        max_positions=prefix + model_cfg.max_frames + num_codebooks,
+        cross_attention=melody is None,
         gradient_checkpointing=model_cfg.gradient_checkpointing,
         audio_channels=interleaved_channels(codec),
         **overrides,

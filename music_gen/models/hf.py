@@ -16,6 +16,7 @@ import torch
 from safetensors import SafetensorError
 
 from music_gen.errors import CheckpointError
+from music_gen.models import formats
 from music_gen.models.conditioning import Conditioner
 from music_gen.models.lm import LM, LMConfig
 from music_gen.models.melody import ChromaSettings
@@ -101,7 +102,7 @@ def load_transformers_musicgen(src: str | Path):
     return lm, conditioner, codec, max_frames
 
 
-MELODY_MODEL_TYPE = "musicgen_melody"
+MELODY_MODEL_TYPE = formats.MELODY_MODEL_TYPE
 
 
 def _model_type(src: str | Path) -> str | None:

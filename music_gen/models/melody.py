@@ -15,6 +15,13 @@ How a melody meets a generation (``melody_chroma``):
   conditioner repeats it, as MusicGen-Melody does), so a short tune repeats.
 
 ``chroma_cosine`` is the melody measure audiocraft reports (evaluation calls it).
+
+Training conditions a melody model on the chroma of its own target audio, as audiocraft
+does. ``data tokenize`` stores it per segment at the *codec* frame rate (one pitch class
+per code frame, ``frame_chroma_settings``: the codec's hop, MusicGen-Melody's window in
+seconds), so that a training crop of the codes crops its chroma by the same frames;
+``chroma_at_rate`` then samples a crop at the conditioner's frame rate, as
+``melody_chroma`` would have computed it from the crop's audio.
 """
 
 from __future__ import annotations
@@ -46,6 +53,52 @@ class ChromaSettings:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def frame_rate(self) -> float:
+        """Chroma frames per second."""
+        return self.sample_rate / self.hop_length
+
+
+WINDOW_SECONDS = 0.512
+"""MusicGen-Melody's STFT window (16384 samples at 32 kHz), kept in seconds at other rates."""
+
+
+def frame_chroma_settings(sample_rate: int, hop_length: int) -> ChromaSettings:
+    """Chroma with one frame per codec frame (a codec's ``sample_rate`` and ``hop_length``)
+    and MusicGen-Melody's window in seconds: what ``data tokenize`` stores."""
+    n_fft = 2 * round(WINDOW_SECONDS * sample_rate / 2)
+    return ChromaSettings(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length)
+
+
+def chroma_frames(seconds: float, settings: ChromaSettings) -> int:
+    """Frames of the chroma of ``seconds`` of audio (a centred STFT: one more than whole hops)."""
+    return int(seconds * settings.frame_rate) + 1
+
+
+def pitch_classes(clip: torch.Tensor, sample_rate: int, hop_length: int, frames: int):
+    """One clip ``[C, S]`` -> the dominant pitch class of each of its ``frames`` codec
+    frames (``frame_chroma_settings``), ``uint8 [frames]``; the last frame repeats if the
+    STFT gives fewer frames than the codec."""
+    settings = frame_chroma_settings(sample_rate, hop_length)
+    classes = clip_chroma(clip, sample_rate, settings).argmax(-1)  # [T']
+    if classes.shape[0] < frames:
+        classes = torch.cat([classes, classes[-1:].expand(frames - classes.shape[0])])
+    return classes[:frames].to(torch.uint8)  # [frames]
+
+
+def chroma_at_rate(
+    classes: torch.Tensor, frame_rate: float, settings: ChromaSettings
+) -> torch.Tensor:
+    """Pitch classes ``[B, T]`` at ``frame_rate`` (a codec's) -> one-hot chroma
+    ``[B, T', 12]`` at ``settings.frame_rate``: frame ``j`` of a centred STFT is the
+    class of the codec frame nearest its centre, ``T'`` as many as ``melody_chroma``
+    gives for ``T / frame_rate`` seconds of audio."""
+    frames = classes.shape[1]
+    count = chroma_frames(frames / frame_rate, settings)
+    index = torch.arange(count, device=classes.device) * (frame_rate / settings.frame_rate)
+    index = index.round().long().clamp(max=frames - 1)  # [T']
+    return F.one_hot(classes[:, index].long(), settings.num_chroma).float()  # [B, T', 12]
 
 
 def chromagram(audio: torch.Tensor, settings: ChromaSettings) -> torch.Tensor:

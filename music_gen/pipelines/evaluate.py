@@ -123,7 +123,8 @@ EXPERIMENT = "evaluate"
 
 
 def read_rows(data_dir: str, max_rows: int | None = None) -> list[dict]:
-    """Rows of every shard of a tokenized dataset (``ROW_COLUMNS``), in shard order.
+    """Rows of every shard of a tokenized dataset (``ROW_COLUMNS``, and the chroma of
+    shards that have it), in shard order.
 
     Refuses (``MusicGenError``, one line) a dataset without shards or rows, or with a
     damaged shard (``shards.readable_shards``, then any row that cannot be read)."""
@@ -131,7 +132,9 @@ def read_rows(data_dir: str, max_rows: int | None = None) -> list[dict]:
     for uri in shards.readable_shards(str(data_dir)):
         fs, path = sources.resolve(uri)
         try:
-            for batch in pq.ParquetFile(path, filesystem=fs).iter_batches(columns=ROW_COLUMNS):
+            parquet = pq.ParquetFile(path, filesystem=fs)
+            chroma = [shards.CHROMA] if shards.CHROMA in parquet.schema_arrow.names else []
+            for batch in parquet.iter_batches(columns=ROW_COLUMNS + chroma):
                 rows += batch.to_pylist()
                 if max_rows is not None and len(rows) >= max_rows:
                     return rows[:max_rows]
@@ -160,9 +163,14 @@ def check_model_fits(model: MusicGen, data_dir: str) -> dict:
 
 def model_forward(model: MusicGen):
     """``losses.Forward`` of a ``MusicGen``: conditions, then the LM."""
+    from music_gen.models.melody import chroma_at_rate
 
-    def forward(inputs: torch.Tensor, texts: list[str], attributes: list[dict]) -> torch.Tensor:
-        memory, mask = model.conditioner(texts, attributes)  # [B, L, D], [B, L]
+    def forward(inputs: torch.Tensor, texts: list[str], attributes: list[dict], chroma=None):
+        melody = None  # a melody model hears each row's own chroma, as training validates
+        if chroma is not None and model.has_melody:
+            settings = model.conditioner.melody
+            melody = chroma_at_rate(chroma.to(model.device), model.frame_rate, settings)
+        memory, mask = model.conditioner(texts, attributes, melody=melody)  # [B, L, D], [B, L]
         return model.lm(inputs, memory, mask)  # [B, K, S, card]
 
     return forward

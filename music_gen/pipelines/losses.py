@@ -4,6 +4,7 @@ One batch of shard rows (one row = one tokenized segment)::
 
     codes [B, K, T]  (each row cut to the segment length: a random window in training,
                       its start in validation; padded with 0, lengths [B] kept)
+    chroma [B, T]    (melody models: each frame's pitch class, cut by the same window)
       -> delayed [B, K, S = T + K - 1] and mask [B, K, S] (the pattern's real codes, not padding)
       -> inputs = [start ; delayed[..., :-1]], logits = model(inputs, conditions) [B, K, S, card]
       -> loss = mean over codebooks of each codebook's cross-entropy on its masked positions
@@ -23,12 +24,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from music_gen.errors import MusicGenError
 from music_gen.models.attributes import SHARD_COLUMNS, row_attributes
 from music_gen.models.patterns import build_delay, valid_mask
 from music_gen.pipelines import shards
 
 BATCH_COLUMNS = ("codes", "num_codebooks", "frames", "caption", *SHARD_COLUMNS.values())
 """The shard columns ``make_batch`` reads: codes and conditions."""
+MELODY_COLUMNS = (*BATCH_COLUMNS, shards.CHROMA)
+"""What it reads for a melody model: the chroma of each segment too."""
 
 
 @dataclass
@@ -37,6 +41,20 @@ class Batch:
     lengths: torch.Tensor  # [B]
     texts: list[str]
     attributes: list[dict]
+    chroma: torch.Tensor | None = None  # [B, T] pitch classes (rows with a chroma column)
+
+
+def crop_starts(
+    totals: Sequence[int], frames: int, rng: np.random.Generator | None
+) -> tuple[list[int], list[int]]:
+    """``(starts, lengths)`` of each row's window: rows of ``totals`` frames longer than
+    ``frames`` are cut to a random window (``rng``) or their start (``rng`` None)."""
+    lengths = [min(frames, total) for total in totals]
+    starts = [
+        0 if rng is None else int(rng.integers(0, total - length + 1))
+        for total, length in zip(totals, lengths, strict=True)
+    ]
+    return starts, lengths
 
 
 def crop_codes(
@@ -47,13 +65,16 @@ def crop_codes(
     Each row longer than ``frames`` is cut to a random window (``rng``) or its start
     (``rng`` None: validation). ``T`` is ``frames`` or the longest row if all are shorter.
     """
-    lengths = [min(frames, c.shape[-1]) for c in codes]
-    width = max(lengths)
-    out = np.zeros((len(codes), codes[0].shape[0], width), dtype=np.int64)  # [B, K, T]
-    for row, (c, length) in enumerate(zip(codes, lengths, strict=True)):
-        start = 0 if rng is None else int(rng.integers(0, c.shape[-1] - length + 1))
-        out[row, :, :length] = c[:, start : start + length]
-    return torch.from_numpy(out), torch.tensor(lengths)
+    starts, lengths = crop_starts([c.shape[-1] for c in codes], frames, rng)
+    return crop_rows(codes, starts, lengths), torch.tensor(lengths)
+
+
+def crop_rows(rows: Sequence[np.ndarray], starts: list[int], lengths: list[int]) -> torch.Tensor:
+    """Rows ``[..., T_i]`` cut to their windows, padded with 0: ``[B, ..., max(lengths)]``."""
+    out = np.zeros((len(rows), *rows[0].shape[:-1], max(lengths)), dtype=np.int64)
+    for row, (values, start, length) in enumerate(zip(rows, starts, lengths, strict=True)):
+        out[row, ..., :length] = values[..., start : start + length]
+    return torch.from_numpy(out)
 
 
 def _value(value):
@@ -74,14 +95,34 @@ def make_batch(rows, frames: int, rng: np.random.Generator | None) -> Batch:
         rows = {name: [row.get(name) for row in rows] for name in rows[0]} if rows else {}
     elif hasattr(rows, "column_names"):  # pyarrow: Ray hands it over without conversion
         rows = {name: rows.column(name).to_pylist() for name in rows.column_names}
-    codes, lengths = crop_codes(shards.batch_codes(rows), frames, rng)
+    codes = shards.batch_codes(rows)
+    starts, lengths = crop_starts([c.shape[-1] for c in codes], frames, rng)
+    chroma = None
+    if shards.CHROMA in rows:  # the same window of each row as its codes
+        chroma = crop_rows(batch_chroma(rows, codes), starts, lengths)  # [B, T]
     texts = [str(t or "") for t in rows["caption"]]
     columns = [column for column in SHARD_COLUMNS.values() if column in rows]
     attributes = [
         row_attributes({column: _value(rows[column][i]) for column in columns})
         for i in range(len(texts))
     ]
-    return Batch(codes, lengths, texts, attributes)
+    return Batch(
+        crop_rows(codes, starts, lengths), torch.tensor(lengths), texts, attributes, chroma
+    )
+
+
+def batch_chroma(rows: dict, codes: list[np.ndarray]) -> list[np.ndarray]:
+    """Each row's pitch classes ``[T_i]``, as many as its code frames, else an error."""
+    chroma = []
+    for data, row_codes in zip(rows[shards.CHROMA], codes, strict=True):
+        classes = shards.read_chroma(data or b"")
+        if classes.shape[0] != row_codes.shape[-1]:
+            raise MusicGenError(
+                f"a shard row holds {classes.shape[0]} chroma frames for {row_codes.shape[-1]} "
+                "code frames: run `music-gen data validate` on the dataset, then re-tokenize it"
+            )
+        chroma.append(classes)
+    return chroma
 
 
 def delay_inputs(
@@ -129,8 +170,9 @@ def mean_loss(sums: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, t
     return per_codebook.mean(), per_codebook
 
 
-Forward = Callable[[torch.Tensor, list[str], list[dict]], torch.Tensor]
-"""``(inputs [B, K, S], texts, attributes) -> logits [B, K, S, card]``."""
+Forward = Callable[..., torch.Tensor]
+"""``(inputs [B, K, S], texts, attributes) -> logits [B, K, S, card]``; batches with
+chroma add ``chroma=`` pitch classes ``[B, T]``."""
 
 
 def batch_loss(
@@ -138,7 +180,8 @@ def batch_loss(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-codebook cross-entropy sums and counts ``[K]``, ``[K]`` of ``forward`` on ``batch``."""
     inputs, targets, mask = delay_inputs(batch.codes, batch.lengths, special, channels)
-    logits = forward(inputs.to(device), batch.texts, batch.attributes)  # [B, K, S, card]
+    melody = {} if batch.chroma is None else {"chroma": batch.chroma}
+    logits = forward(inputs.to(device), batch.texts, batch.attributes, **melody)  # [B, K, S, card]
     return codebook_losses(logits, targets.to(device), mask.to(device))
 
 

@@ -14,7 +14,10 @@ URI), ``segment`` (index in its file), ``start`` and ``duration`` (seconds the c
 cover, padding included), ``caption``, the attributes ``genre``, ``moods``, ``key``,
 ``bpm``, ``instrument`` (null when unknown), ``attributes`` (all the file's metadata
 as JSON text), ``codes`` (``uint16`` little-endian bytes of the row-major ``[K, T]``
-array), ``num_codebooks`` (K) and ``frames`` (T). The codec that made the codes is
+array), ``num_codebooks`` (K), ``frames`` (T) and ``chroma`` (the dominant pitch class,
+0-11, of each of the T frames as ``uint8`` bytes: what melody training conditions on,
+``models/melody.py``; shards written before it, or with ``data.chroma=false``, lack the
+column and are otherwise read as before). The codec that made the codes is
 described in every shard's file metadata (key ``music_gen``) and in ``dataset.json``:
 ``codec``, ``sample_rate``, ``frame_rate``, ``num_codebooks``, ``cardinality``...
 
@@ -74,8 +77,20 @@ SHARD_SCHEMA = pa.schema(
         ("codes", pa.binary()),
         ("num_codebooks", pa.int16()),
         ("frames", pa.int32()),
+        ("chroma", pa.binary()),
     ]
 )
+CHROMA = "chroma"
+CHROMA_DTYPE = "u1"
+NO_CHROMA_SCHEMA = SHARD_SCHEMA.remove(SHARD_SCHEMA.get_field_index(CHROMA))
+"""Shards without the chroma column (older datasets, or ``data.chroma=false``)."""
+
+
+def is_shard_schema(schema: pa.Schema) -> bool:
+    """A music-gen shard's schema, with or without the chroma column (metadata aside)."""
+    schema = schema.remove_metadata()
+    return schema.equals(SHARD_SCHEMA) or schema.equals(NO_CHROMA_SCHEMA)
+
 
 ERROR_SCHEMA = pa.schema(
     [
@@ -101,6 +116,16 @@ def read_codes(row: dict) -> np.ndarray:
     """The codes of a shard row (a dict with ``codes``, ``num_codebooks``, ``frames``): int64 ``[K, T]``."""
     flat = np.frombuffer(row["codes"], dtype=CODES_DTYPE)
     return flat.reshape(int(row["num_codebooks"]), int(row["frames"])).astype(np.int64)
+
+
+def chroma_to_bytes(classes: np.ndarray) -> bytes:
+    """``[T]`` pitch classes -> ``uint8`` bytes (one per frame)."""
+    return np.ascontiguousarray(classes, dtype=CHROMA_DTYPE).tobytes()
+
+
+def read_chroma(data: bytes) -> np.ndarray:
+    """A row's ``chroma`` bytes -> int64 pitch classes ``[T]``."""
+    return np.frombuffer(data, dtype=CHROMA_DTYPE).astype(np.int64)
 
 
 def batch_codes(batch: dict) -> list[np.ndarray]:
@@ -237,8 +262,10 @@ def shard_damage(
     return None
 
 
-def shard_table(rows: list[dict], meta: dict) -> pa.Table:
-    schema = SHARD_SCHEMA.with_metadata({METADATA_KEY: json.dumps(meta, sort_keys=True)})
+def shard_table(rows: list[dict], meta: dict, chroma: bool = True) -> pa.Table:
+    """Rows as a shard; ``chroma`` False leaves the chroma column out."""
+    schema = SHARD_SCHEMA if chroma else NO_CHROMA_SCHEMA
+    schema = schema.with_metadata({METADATA_KEY: json.dumps(meta, sort_keys=True)})
     return pa.Table.from_pylist(rows, schema=schema)
 
 
@@ -307,7 +334,7 @@ def readable_shards(root: str) -> list[str]:
             raise MusicGenError(
                 f"dataset {root}: shard {name} is unreadable ({reason}); {redo}"
             ) from None
-        if not schema.equals(SHARD_SCHEMA):
+        if not is_shard_schema(schema):
             raise MusicGenError(f"dataset {root}: shard {name} is not a music-gen shard; {redo}")
         rows += metadata.num_rows
     if rows == 0:
@@ -315,6 +342,16 @@ def readable_shards(root: str) -> list[str]:
             f"dataset {root} holds no clips (every file failed: see {join(root, ERRORS_CSV)})"
         )
     return [to_uri(fs, p) for p in files]
+
+
+def shards_without_chroma(paths: Sequence[str]) -> list[str]:
+    """The shards among ``paths`` (from ``readable_shards``) that lack the chroma column."""
+    missing = []
+    for uri in paths:
+        fs, path = resolve(uri)
+        if CHROMA not in pq.read_schema(path, filesystem=fs).names:
+            missing.append(posixpath.basename(path))
+    return missing
 
 
 def read_errors(root: str) -> pa.Table:
@@ -338,7 +375,8 @@ def validate(root: str, max_violations: int = 20) -> dict:
     """Check every shard of ``root``; returns a report (``violations`` empty when all is well).
 
     Checks: the schema, the codec metadata, codes below the cardinality and of the
-    stated size, frame counts consistent with duration x frame rate, captions present,
+    stated size, frame counts consistent with duration x frame rate, chroma (when the
+    shard has the column) of one pitch class per frame, captions present,
     unique ids, every shard complete and as its marker recorded it (size, sha256), at
     least one shard and one clip. Reads one row group at a time (bounded memory).
     """
@@ -396,7 +434,7 @@ def _validate_shard(fs, shard, name, codec, report, ids, sources, violate) -> No
     except Exception as exc:  # any corruption pyarrow can report
         violate(name, f"unreadable shard ({type(exc).__name__}: {exc})")
         return
-    if not parquet.schema_arrow.remove_metadata().equals(SHARD_SCHEMA):
+    if not is_shard_schema(parquet.schema_arrow):
         violate(name, "schema differs from SHARD_SCHEMA")
         return
     for key in CODEC_KEYS:
@@ -430,6 +468,11 @@ def _validate_rows(rows, name, codec, report, ids, sources, violate) -> None:
         codes = np.frombuffer(row["codes"], dtype=CODES_DTYPE)
         if codes.size and int(codes.max()) >= codec["cardinality"]:
             violate(where, f"code {int(codes.max())} >= cardinality {codec['cardinality']}")
+        chroma = row.get(CHROMA, b"")  # absent: a shard without the column
+        if chroma is None or (CHROMA in row and len(chroma) != t):
+            violate(where, f"chroma holds {len(chroma or b'')} frames, the codes {t}")
+        elif chroma and int(np.frombuffer(chroma, dtype=CHROMA_DTYPE).max()) >= 12:
+            violate(where, "chroma holds a pitch class above 11")
         expected = row["duration"] * codec["frame_rate"]
         if row["duration"] <= 0 or abs(t - expected) > 1.0 + 1e-6:
             violate(

@@ -8,6 +8,8 @@
                                      cut into segments; a bad file becomes one error row
       -> map_batches(CodecEncoder)   actor pool (ActorPoolStrategy), a GPU each when the
                                      cluster has GPUs: audio [B, C, S] -> codes [B, K, T]
+                                     and (``data.chroma``) each segment's pitch class per
+                                     code frame [B, T], what melody training conditions on
       -> iter_batches (driver)       rows grouped by shard; a shard is written when all
                                      its files are in: shards/, errors/, _progress/
 
@@ -193,19 +195,24 @@ def build_codec(codec_config: dict):
 
 
 class CodecEncoder:
-    """Ray Data actor: rows with audio -> rows with codes. Error rows pass through."""
+    """Ray Data actor: rows with audio -> rows with codes (and chroma, with ``chroma``).
+    Error rows pass through."""
 
-    def __init__(self, codec_config: dict, device: str = "cpu", threads: int = 1):
+    def __init__(
+        self, codec_config: dict, device: str = "cpu", threads: int = 1, chroma: bool = True
+    ):
         import torch
 
         if device == "cpu":
             torch.set_num_threads(max(1, threads))
         self.device = device
         self.codec = build_codec(codec_config).to(device).eval()
+        self.chroma = chroma
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["path"])
         codes = np.full(n, b"", dtype=object)
+        chroma = np.full(n, b"", dtype=object)
         num_codebooks = np.zeros(n, dtype=np.int16)
         frames = np.zeros(n, dtype=np.int32)
         stage, reason, detail = (
@@ -218,6 +225,7 @@ class CodecEncoder:
         for (channels, samples), rows in by_shape.items():
             try:
                 encoded = self.encode(batch["audio"], rows, channels, samples)  # [B, K, T]
+                classes = self.pitch_classes(batch["audio"], rows, channels, encoded.shape[-1])
             except Exception as exc:  # a codec failure costs these segments, not the run
                 for i in rows:
                     stage[i], reason[i], detail[i] = (
@@ -226,13 +234,33 @@ class CodecEncoder:
                         f"{type(exc).__name__}: {exc}"[:500],
                     )
                 continue
-            for i, item in zip(rows, encoded, strict=True):
+            for i, item, pitches in zip(rows, encoded, classes, strict=True):
                 codes[i] = shards.codes_to_bytes(item)
+                chroma[i] = shards.chroma_to_bytes(pitches)
                 num_codebooks[i], frames[i] = item.shape
         out = {k: v for k, v in batch.items() if k not in ("audio", "stage", "reason", "detail")}
         out.update(stage=stage, reason=reason, detail=detail)
-        out.update(codes=codes, num_codebooks=num_codebooks, frames=frames)
+        out.update(codes=codes, num_codebooks=num_codebooks, frames=frames, chroma=chroma)
         return out
+
+    def pitch_classes(self, audio, rows: list[int], channels: int, frames: int) -> list:
+        """Each segment's dominant pitch class per code frame (``uint8 [T]`` each), from
+        the same audio the codes are of; empty without ``chroma``."""
+        import torch
+
+        from music_gen.models.melody import pitch_classes
+
+        if not self.chroma:
+            return [np.zeros(0, np.uint8)] * len(rows)
+        rate, hop = self.codec.sample_rate, self.codec.hop_length
+        clips = (np.frombuffer(audio[i], dtype=np.float32).reshape(channels, -1) for i in rows)
+        with torch.inference_mode():  # one clip at a time: long STFTs of a batch are large
+            return [
+                pitch_classes(torch.from_numpy(c.copy()).to(self.device), rate, hop, frames)
+                .cpu()
+                .numpy()
+                for c in clips
+            ]
 
     def encode(self, audio: np.ndarray, rows: list[int], channels: int, samples: int) -> np.ndarray:
         import torch
@@ -249,8 +277,16 @@ class CodecEncoder:
 class ShardWriter:
     """Collects pipeline rows per shard; writes a shard once every one of its files is in."""
 
-    def __init__(self, fs, root: str, meta: dict, group_files: dict[int, int], on_file=None):
-        self.fs, self.root, self.meta = fs, root, meta
+    def __init__(
+        self,
+        fs,
+        root: str,
+        meta: dict,
+        group_files: dict[int, int],
+        on_file=None,
+        chroma: bool = True,
+    ):
+        self.fs, self.root, self.meta, self.chroma = fs, root, meta, chroma
         self.expected = dict(group_files)  # group -> number of files
         self.rows = defaultdict(lambda: defaultdict(list))  # group -> order -> rows
         self.done_files = Counter()  # group -> files complete
@@ -291,7 +327,9 @@ class ShardWriter:
                 self.fs, shards.join(self.root, errors_file), shards.errors_table(bad)
             ),
             shard_file: shards.write_table(
-                self.fs, shards.join(self.root, shard_file), shards.shard_table(good, self.meta)
+                self.fs,
+                shards.join(self.root, shard_file),
+                shards.shard_table(good, self.meta, self.chroma),
             ),
         }
         counts = {
@@ -326,6 +364,7 @@ def shard_row(row: dict) -> dict:
         "codes": row["codes"],
         "num_codebooks": row["num_codebooks"],
         "frames": row["frames"],
+        "chroma": row["chroma"],
     }
 
 
@@ -341,6 +380,7 @@ OUTPUT_SETTINGS = (
     "normalize",
     "silence_db",
     "files_per_shard",
+    "chroma",
 )
 
 
@@ -359,6 +399,13 @@ def codec_metadata(codec, codec_config) -> dict:
         "cardinality": int(codec.cardinality),
         "codes_dtype": shards.CODES_DTYPE,
     }
+
+
+def chroma_settings(codec) -> dict:
+    """The chroma settings of a dataset's ``chroma`` column (``dataset.json``)."""
+    from music_gen.models.melody import frame_chroma_settings
+
+    return frame_chroma_settings(codec.sample_rate, codec.hop_length).to_dict()
 
 
 def check_codec_usable(codec) -> None:
@@ -460,6 +507,7 @@ def build_pipeline(records: list[dict], cfg: Config, settings: dict):
             "codec_config": cfg.codec.model_dump(),
             "device": device,
             "threads": max(1, int(data.encode_num_cpus)),
+            "chroma": data.chroma,
         },
         batch_size=data.batch_size,
         batch_format="numpy",
@@ -513,6 +561,8 @@ def tokenize(
         "num_shards": len(groups),
         # Which files in which order: a resumed run must cut the same shards.
         "sources_digest": hashlib.sha1("\n".join(r["path"] for r in records).encode()).hexdigest(),
+        # The STFT behind the shards' chroma column (one frame per code frame).
+        "chroma": chroma_settings(codec) if data.chroma else None,
     }
     prepare_output(fs, root, info, overwrite)
     done, redone = verified_shards(fs, root)
@@ -584,7 +634,8 @@ def run_shards(groups, todo, cfg, settings, fs, root, meta, show_progress) -> di
         bar.update(1)
         bar.set_postfix(segments=counts["segments"], failed=counts["failed"], refresh=False)
 
-    writer = ShardWriter(fs, root, meta, {g: len(groups[g]) for g in todo}, on_file)
+    files = {g: len(groups[g]) for g in todo}
+    writer = ShardWriter(fs, root, meta, files, on_file, chroma=cfg.data.chroma)
     pending = []
     for g in todo:
         for order, record in enumerate(groups[g]):

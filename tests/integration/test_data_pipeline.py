@@ -285,6 +285,7 @@ def test_validate_catches_corrupted_shards(full_run, tmp_path, capsys):
     rows[0]["codes"] = shards.codes_to_bytes(codes)
     rows[1]["frames"] -= 5
     rows[1]["codes"] = rows[1]["codes"][: 4 * rows[1]["frames"] * 2]
+    rows[1]["chroma"] = rows[1]["chroma"][: rows[1]["frames"]]  # consistent with the codes
     rows[2]["caption"] = " "
     shards.write_table(*sources.resolve(str(path)), shards.shard_table(rows, meta))
     # Shard 3: garbage bytes.

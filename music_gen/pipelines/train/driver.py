@@ -22,7 +22,7 @@ from music_gen.errors import CheckpointError, ConfigError, MusicGenError
 from music_gen.models import formats
 from music_gen.pipelines import checkpoints, shards
 from music_gen.pipelines.train import resume
-from music_gen.pipelines.train.step import COLUMNS
+from music_gen.pipelines.train.step import columns_for
 from music_gen.pipelines.train.worker import VAL_METRIC, train_loop_per_worker
 
 
@@ -39,6 +39,8 @@ class Plan:
     storage: str
     code_bytes: int
     codec_meta: dict
+    chroma: bool = False
+    """Whether workers read the shards' chroma column (a melody model trains on it)."""
 
 
 def resolve_codec_source(cfg: Config) -> str:
@@ -64,13 +66,18 @@ def resolve_codec_source(cfg: Config) -> str:
     )
 
 
-def start_shape(init: str) -> tuple[int, int] | None:
-    """``(num_codebooks, cardinality)`` of a start checkpoint without loading it (None: unknown)."""
+def _init_path(init: str) -> Path:
+    """A start checkpoint as a local path (a registry URI is downloaded; hub ids stay)."""
     if init.startswith(("models:/", "runs:/")):
         from music_gen.platform.registry import download_model
 
         init = str(download_model(init))
-    path = Path(init).expanduser()
+    return Path(init).expanduser()
+
+
+def start_shape(init: str) -> tuple[int, int] | None:
+    """``(num_codebooks, cardinality)`` of a start checkpoint without loading it (None: unknown)."""
+    path = _init_path(init)
     _check_weights_readable(path, init)
     kind = formats.source_kind(path)
     if kind in ("ours", "adapter", "transformers"):
@@ -129,6 +136,39 @@ def _check_model_shape(cfg: Config, meta: dict) -> str | None:
     return codec_source
 
 
+def start_melody(cfg: Config) -> bool | None:
+    """Whether the model a run starts from has a melody conditioner (None: a hub id,
+    known once loaded). ``model.melody`` builds one from scratch; with ``train.init``
+    the checkpoint brings its own, and ``model.melody=true`` on one without is an error."""
+    init = cfg.train.init
+    if not init:
+        return cfg.model.melody
+    melody = formats.has_melody(_init_path(init))
+    if cfg.model.melody and melody is False:
+        raise ConfigError(
+            f"model.melody=true but train.init={init} has no melody conditioner: start from "
+            "a melody model (e.g. a MusicGen-Melody checkpoint) or leave model.melody unset"
+        )
+    return True if cfg.model.melody else melody
+
+
+def check_chroma(data: str, paths: list[str], melody: bool | None) -> bool:
+    """Whether workers read the chroma column: a melody model (or one that may be) trains
+    on it; a melody model on shards without it is refused, naming the fix."""
+    if melody is False:
+        return False
+    missing = shards.shards_without_chroma(paths)
+    if melody and missing:
+        source = shards.dataset_info(data).get("input") or "SRC"
+        raise ConfigError(
+            f"dataset {data} has no chroma column ({', '.join(missing[:3])}"
+            f"{', ...' if len(missing) > 3 else ''}), which training a melody model needs: "
+            f"re-tokenize it with `music-gen data tokenize --input {source} --output {data} "
+            "--overwrite`"
+        )
+    return not missing
+
+
 def plan_run(cfg: Config) -> Plan:
     """Every check that can fail before a worker starts: data, codec/model match, init, splits."""
     import pyarrow.parquet as pq
@@ -144,6 +184,7 @@ def plan_run(cfg: Config) -> Plan:
         ) from None
     paths = shards.readable_shards(data)  # missing, damaged or empty shards: one line, here
     codec_source = _check_model_shape(cfg, meta)
+    chroma = check_chroma(data, paths, start_melody(cfg))
     if tc.strategy == "fsdp" and not cfg.model.text.freeze:
         raise ConfigError(
             "train.strategy=fsdp needs a frozen text encoder (model.text.freeze=true)"
@@ -179,6 +220,7 @@ def plan_run(cfg: Config) -> Plan:
         storage=_storage(tc.storage),
         code_bytes=code_bytes,
         codec_meta=meta,
+        chroma=chroma,
     )
 
 
@@ -218,7 +260,8 @@ def build_datasets(plan: Plan) -> dict:
     """Train and validation Ray Datasets streaming from the shards (small ones materialized)."""
     import ray.data
 
-    ds = ray.data.read_parquet(plan.shard_paths, columns=[*COLUMNS, "source"], num_cpus=0.25)
+    columns = [*columns_for(plan.chroma), "source"]
+    ds = ray.data.read_parquet(plan.shard_paths, columns=columns, num_cpus=0.25)
     val_sources = plan.val_sources
 
     def split(validation: bool):
@@ -338,6 +381,7 @@ def build_trainer(cfg: Config, plan: Plan, run_id: str | None, callbacks=(), rel
             "cfg": config.model_dump(mode="json"),
             "codec_source": plan.codec_source,
             "codec_meta": plan.codec_meta,
+            "chroma": plan.chroma,
             "run_id": run_id,
             "tracking_uri": _tracking_uri(cfg),
             "relay": relay,

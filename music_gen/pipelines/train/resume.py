@@ -84,8 +84,12 @@ def compared_settings(config_tree: dict) -> dict[str, str]:
 
 
 def config_changes(saved: dict, new: dict) -> list[str]:
-    """``["model.dim 32 -> 64", ...]``: compared settings that differ, sorted by name."""
-    before, after = compared_settings(saved), compared_settings(new)
+    """``["model.dim 32 -> 64", ...]``: compared settings that differ, sorted by name.
+
+    A setting the saved config lacks (added to the platform after the run started) counts
+    as its default, the behaviour the run was trained with."""
+    defaults = compared_settings(Config().model_dump(mode="json"))
+    before, after = {**defaults, **compared_settings(saved)}, compared_settings(new)
     return [
         f"{key} {before.get(key, 'unset')} -> {after.get(key, 'unset')}"
         for key in sorted(set(before) | set(after))

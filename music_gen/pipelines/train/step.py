@@ -20,8 +20,10 @@ from torch import nn
 
 from music_gen.errors import MusicGenError
 from music_gen.models import formats
+from music_gen.models.melody import chroma_at_rate
 from music_gen.pipelines.losses import (
     BATCH_COLUMNS,
+    MELODY_COLUMNS,
     Batch,
     LossTotals,
     batch_loss,
@@ -34,6 +36,11 @@ from music_gen.pipelines.train.parallel import is_sharded
 
 COLUMNS = BATCH_COLUMNS
 """Shard columns a worker reads (the driver adds ``source`` to split train/validation)."""
+
+
+def columns_for(melody: bool) -> list[str]:
+    """The shard columns a run reads: ``COLUMNS``, and the chroma for a melody model."""
+    return list(MELODY_COLUMNS if melody else COLUMNS)
 
 
 def segment_frames(
@@ -83,16 +90,31 @@ class EMA:
 
 
 class TrainModule(nn.Module):
-    """The modules that train, as one module for DDP/FSDP: conditioner, then the LM."""
+    """The modules that train, as one module for DDP/FSDP: conditioner, then the LM.
 
-    def __init__(self, lm: nn.Module, conditioner: nn.Module):
+    Melody models take ``chroma``, the pitch class of each code frame ``[B, T]`` at the
+    codec's ``frame_rate`` (the target's own, cropped as its codes), and ``melody_drop``
+    ``[B]``: rows that hear no melody (``drop`` drops text and melody together)."""
+
+    def __init__(self, lm: nn.Module, conditioner: nn.Module, frame_rate: float | None = None):
         super().__init__()
         self.lm = lm
         self.conditioner = conditioner
+        self.frame_rate = frame_rate
 
-    def forward(self, inputs, texts, attributes, drop=None):
-        memory, memory_mask = self.conditioner(texts, attributes, drop)  # [B, L, D], [B, L]
+    def forward(self, inputs, texts, attributes, drop=None, chroma=None, melody_drop=None):
+        melody = self.melody(chroma)
+        memory, memory_mask = self.conditioner(
+            texts, attributes, drop, melody=melody, melody_drop=melody_drop
+        )  # [B, L, D], [B, L]
         return self.lm(inputs, memory, memory_mask)  # [B, K, S, card]
+
+    def melody(self, chroma: torch.Tensor | None) -> torch.Tensor | None:
+        """Pitch classes ``[B, T]`` -> the conditioner's one-hot chroma ``[B, T', 12]``."""
+        settings = self.conditioner.melody
+        if chroma is None or settings is None:
+            return None
+        return chroma_at_rate(chroma.to(self.conditioner.device), self.frame_rate, settings)
 
 
 def named_trainable(core: TrainModule) -> dict[str, torch.Tensor]:
@@ -160,14 +182,21 @@ def train_step(
     grad_clip: float,
     scaler=None,
     channels: int = 1,
+    melody_drop: torch.Tensor | None = None,
 ) -> Step:
     """Forward, backward, clip and step on one batch (``channels``: the model's delay
-    pattern, 2 for stereo)."""
+    pattern, 2 for stereo; a batch with chroma conditions a melody model on it, but for
+    the rows of ``melody_drop``)."""
     started = time.perf_counter()
     inputs, targets, mask = delay_inputs(batch.codes, batch.lengths, special, channels)
     inputs, targets, mask = inputs.to(device), targets.to(device), mask.to(device)
+    melody = {}
+    if batch.chroma is not None:
+        melody = {"chroma": batch.chroma, "melody_drop": melody_drop}
     with autocast(device, precision):
-        logits = model(inputs, batch.texts, batch.attributes, drop.to(device))  # [B, K, S, card]
+        logits = model(
+            inputs, batch.texts, batch.attributes, drop.to(device), **melody
+        )  # [B, K, S, card]
     loss, per_codebook = mean_loss(*codebook_losses(logits, targets, mask))
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
@@ -237,13 +266,17 @@ def validate(
     return totals.per_codebook().float().cpu(), make_batch(first, frames, None).texts
 
 
-def iter_local_batches(paths: Sequence[str], batch_size: int, seed: int = 0) -> Iterator[dict]:
+def iter_local_batches(
+    paths: Sequence[str], batch_size: int, seed: int = 0, melody: bool = False
+) -> Iterator[dict]:
     """Endless shuffled columnar batches read straight from the shards (no Ray): the
-    plain-PyTorch side of ``benchmarks/train.py`` and quick experiments."""
+    plain-PyTorch side of ``benchmarks/train.py`` and quick experiments (``melody``: with
+    the chroma column)."""
     import pyarrow.parquet as pq
 
-    table = pq.ParquetDataset(list(paths)).read(columns=list(COLUMNS))
-    columns = {name: table.column(name).to_pylist() for name in COLUMNS}
+    names = columns_for(melody)
+    table = pq.ParquetDataset(list(paths)).read(columns=names)
+    columns = {name: table.column(name).to_pylist() for name in names}
     rng = np.random.default_rng(seed)
     rows = len(columns["codes"])
     while True:

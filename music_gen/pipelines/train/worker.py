@@ -52,10 +52,24 @@ WARM_STEPS = 5
 # -- setup ------------------------------------------------------------------------------
 
 
-def load_start_model(cfg: Config, codec_source: str | None, resume_dir: str | None):
+def dataset_codec(codec_source: str, meta: dict):
+    """The codec a model trained from scratch is built with: the dataset's, loaded from
+    ``codec_source``; a mono codec that tokenized 2 channels (``codec.channels=2``)
+    is wrapped as the interleaved stereo codec it ran as."""
+    from music_gen.models.codec import load_codec
+    from music_gen.models.stereo import StereoCodec
+
+    codec = load_codec(codec_source)
+    if codec.channels == 1 and meta.get("channels") == 2:
+        codec = StereoCodec(codec)
+    return codec
+
+
+def load_start_model(
+    cfg: Config, codec_source: str | None, resume_dir: str | None, codec_meta: dict
+):
     """The model a worker starts from: the run's checkpoint, ``train.init``, or the preset."""
     from music_gen import MusicGen
-    from music_gen.models.codec import load_codec
 
     adapted = cfg.train.lora.rank > 0
     if adapted:  # the base, then its adapter (the checkpoint's when resuming)
@@ -67,7 +81,7 @@ def load_start_model(cfg: Config, codec_source: str | None, resume_dir: str | No
         model = MusicGen.from_pretrained(cfg.train.init)
     else:
         torch.manual_seed(cfg.train.seed)  # every worker builds the same weights
-        model = MusicGen.from_config(cfg.model, load_codec(codec_source))
+        model = MusicGen.from_config(cfg.model, dataset_codec(codec_source, codec_meta))
     # Training switches that apply whatever the start point.
     model.lm.cfg = replace(model.lm.cfg, gradient_checkpointing=cfg.model.gradient_checkpointing)
     cond = model.conditioner
@@ -95,6 +109,16 @@ def add_adapter(model, cfg: Config, resume_dir: str | None) -> None:
     if resume_dir is not None:
         path = Path(resume_dir) / formats.ADAPTER_FILE
         lora.load_adapter_weights(model.lm, formats.read_weights(path), path)
+
+
+def check_melody_data(model, chroma: bool) -> None:
+    """A melody model trains on the chroma column (the driver checks what it can know
+    before loading: a hub id's conditioner shows only here)."""
+    if model.has_melody and not chroma:
+        raise ConfigError(
+            "the start model has a melody conditioner but the dataset has no chroma column: "
+            "re-tokenize it with `music-gen data tokenize ... --overwrite`"
+        )
 
 
 def check_model_codec(model, meta: dict) -> None:
@@ -153,13 +177,16 @@ class Trainee:
     device: torch.device
 
 
-def build_trainee(cfg: Config, codec_source, codec_meta: dict, resume: Resume, device) -> Trainee:
+def build_trainee(
+    cfg: Config, codec_source, codec_meta: dict, resume: Resume, device, chroma: bool = False
+) -> Trainee:
     """The start model on ``device``, wrapped for the group, its optimizer, EMA and scaler,
     each loaded from the checkpoint when resuming."""
     tc = cfg.train
-    musicgen = load_start_model(cfg, codec_source, resume.directory)
+    musicgen = load_start_model(cfg, codec_source, resume.directory, codec_meta)
     check_model_codec(musicgen, codec_meta)
-    core = TrainModule(musicgen.lm, musicgen.conditioner)
+    check_melody_data(musicgen, chroma)
+    core = TrainModule(musicgen.lm, musicgen.conditioner, musicgen.frame_rate)
     if resume.directory and (
         raw := checkpoints.read_weights(resume.directory, checkpoints.RAW_WEIGHTS_FILE)
     ):
@@ -422,7 +449,9 @@ def train_loop_per_worker(config: dict) -> dict | None:
     recorded = ray.train.get_checkpoint()  # [ray] the latest checkpoint Ray registered
     checkpoint = choose_checkpoint(recorded, config.get("run_dir"), world)
     resume = Resume.read(checkpoint)
-    trainee = build_trainee(cfg, config["codec_source"], config["codec_meta"], resume, device)
+    trainee = build_trainee(
+        cfg, config["codec_source"], config["codec_meta"], resume, device, config.get("chroma")
+    )
     if resume.directory and resume.directory != checkpoint.path:
         shutil.rmtree(resume.directory, ignore_errors=True)  # a local copy, loaded now
     musicgen = trainee.musicgen
@@ -466,11 +495,14 @@ def train_loop_per_worker(config: dict) -> dict | None:
         fetched = time.perf_counter()
         generator = torch.Generator().manual_seed(int(rng.integers(2**31)))
         drop = condition_dropout(len(batch.texts), cfg.model.cond_dropout, generator)
+        melody_drop = None  # melody models: the melody alone, independently of ``drop``
+        if musicgen.has_melody:
+            melody_drop = condition_dropout(len(drop), cfg.model.melody_dropout, generator)
         lr = tc.lr * lr_factor(step, tc.warmup_steps, tc.steps, tc.min_lr_ratio)
         set_lr(trainee.optimizer, lr)
         result = train_step(
             trainee.wrapped, trainee.optimizer, batch, drop, special, device, tc.precision,
-            tc.grad_clip, trainee.scaler, trainee.core.lm.cfg.audio_channels,
+            tc.grad_clip, trainee.scaler, trainee.core.lm.cfg.audio_channels, melody_drop,
         )  # fmt: skip
         if trainee.ema is not None:
             trainee.ema.update(named_trainable(trainee.core))
