@@ -30,6 +30,7 @@ QUICK: dict[str, list[str]] = {
              "--threads", "1"],
     "learn": ["--clips", "24", "--seconds", "2", "--steps", "20", "--batch-size", "4",
               "--per-class", "1"],
+    "midi": ["--melodies", "1", "--notes", "6"],
     "serve": ["--duration", "0.5", "--rounds", "1"],
     "tokenize": ["--clips", "2", "--copies", "1", "--seconds", "2", "--segment-seconds", "1",
                  "--actors", "1"],

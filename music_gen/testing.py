@@ -6,7 +6,8 @@
 - ``synth_codes`` / ``synth_chroma`` / ``write_dataset`` / ``make_synth_dataset``: a tokenized dataset of
   one shard written straight with the shard helpers (much faster than the Ray Data
   pipeline on two cores, and the same format);
-- ``sine``: a test tone.
+- ``sine``: a test tone; ``random_melody`` / ``render_notes``: known notes and their audio
+  (for transcription tests and benchmarks).
 
 Heavy imports (torch, transformers) happen inside the functions.
 """
@@ -57,6 +58,60 @@ def sine(freq: float, seconds: float, rate: int, channels: int = 1):
     t = torch.arange(int(seconds * rate)) / rate
     wave = 0.5 * torch.sin(2 * math.pi * freq * t)
     return wave.expand(channels, -1).clone()  # [C, S]
+
+
+# Partials (harmonic number, amplitude) of the tones ``render_notes`` plays.
+TIMBRES = {
+    "sine": ((1, 1.0),),
+    "organ": tuple((k, 1.0 / k) for k in range(1, 7)),
+    "clarinet": tuple((k, 1.0 / k) for k in range(1, 12, 2)),  # odd harmonics only
+    "bright": tuple((k, k**-0.5) for k in range(1, 13)),
+}
+
+
+def random_melody(seed: int = 0, count: int = 8, low: int = 40, high: int = 84):
+    """``count`` known notes (``music_gen.audio.midi.Note``), one at a time, from 0.1 s.
+
+    Lengths 0.15-0.45 s, gaps 0-0.1 s; about one note in five repeats the last pitch
+    (with no gap when the draw says so: a re-attack that only an onset reveals).
+    """
+    import numpy as np
+
+    from music_gen.audio.midi import Note
+
+    rng = np.random.default_rng(seed)
+    notes, start, pitch = [], 0.1, int(rng.integers(low, high + 1))
+    for i in range(count):
+        if i and rng.random() > 0.2:
+            pitch = int(rng.integers(low, high + 1))
+        length = float(rng.uniform(0.15, 0.45))
+        notes.append(Note(round(start, 3), round(start + length, 3), pitch, 100))
+        start += length + float(rng.choice([0.0, rng.uniform(0.02, 0.1)]))
+    return notes
+
+
+def render_notes(notes, rate: int, timbre: str = "organ", tail: float = 0.2):
+    """Audio ``[1, S]`` of ``notes``: additive tones, 5 ms attack and release, a gentle decay."""
+    import numpy as np
+    import torch
+
+    from music_gen.pipelines.synth import midi_hz
+
+    end = max((n.offset for n in notes), default=0.0) + tail
+    out = np.zeros(int(end * rate))
+    for note in notes:
+        first, last = int(note.onset * rate), int(note.offset * rate)
+        t = np.arange(last - first) / rate
+        freq = midi_hz(note.pitch)
+        tone = sum(
+            amp * np.sin(2 * math.pi * freq * k * t)
+            for k, amp in TIMBRES[timbre]
+            if freq * k < 0.45 * rate
+        )
+        ramp = np.minimum(1.0, np.minimum(t, t[-1] - t) / 0.005)  # attack and release
+        out[first:last] += tone * ramp * np.exp(-t / 1.5) * note.velocity / 127
+    peak = float(np.abs(out).max()) or 1.0
+    return torch.from_numpy(0.5 * out / peak).float().unsqueeze(0)  # [1, S]
 
 
 # -- transformers MusicGen ----------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The ``music-gen`` command: one entry point, a subcommand per job.
 
-Each job has its own module here (``data``, ``codec``, ``generate``, ``train`` with
+Each job has its own module here (``data``, ``codec``, ``generate``, ``transcribe``, ``train`` with
 ``tune`` and ``evaluate``, ``report`` with ``compare``, ``registry``, ``serve``, ``submit``,
 ``demo``); each subcommand is an ``add_*`` function that declares its flags and points ``run`` at a small handler. Heavy imports (torch, ray, mlflow) happen inside
 handlers so ``music-gen --help`` stays fast. User mistakes raise
@@ -35,13 +35,14 @@ from music_gen.cli.report import add_compare, add_report
 from music_gen.cli.serve import add_serve
 from music_gen.cli.submit import add_submit
 from music_gen.cli.train import add_evaluate, add_train, add_tune
+from music_gen.cli.transcribe import add_transcribe
 
 __all__ = ["build_parser", "main", "split_overrides"]
 
 COMMANDS = [
     add_generate, add_demo, add_data, add_codec, add_train, add_tune, add_evaluate,
     add_registry, add_serve, add_submit,
-    add_interactive, add_report, add_compare, add_export, add_bench,
+    add_interactive, add_report, add_compare, add_export, add_bench, add_transcribe,
 ]  # fmt: skip
 
 

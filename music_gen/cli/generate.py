@@ -47,6 +47,11 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
         "shorter ones looped)",
     )
     p.add_argument("--batch-size", type=int, default=8, help="prompts generated together")
+    p.add_argument(
+        "--midi",
+        action="store_true",
+        help="also write each clip's melody line as MIDI beside it (NAME.mid; the midi extra)",
+    )
     device_args(p)
     config_args(p)
     p.set_defaults(run=run_generate)
@@ -60,6 +65,7 @@ def run_generate(args: argparse.Namespace) -> int:
     outputs = _output_paths(args, prompts)
     if args.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
+    midi_outputs = _midi_paths(outputs) if args.midi else None
     model = _load_model(args)
     prompt_codes = _audio_prompt_codes(model, args.audio_prompt)
     melody = _melody(model, args.melody)
@@ -80,10 +86,29 @@ def run_generate(args: argparse.Namespace) -> int:
             **melody,
         )
         audio = model.decode(codes)
-        for clip, path in zip(audio, outputs[start : start + len(chunk)], strict=True):
-            write_audio(path, clip, model.sample_rate)
-            print(path)
+        for i, clip in enumerate(audio, start):
+            write_audio(outputs[i], clip, model.sample_rate)
+            print(outputs[i])
+            if midi_outputs:
+                _write_midi(midi_outputs[i], clip, model.sample_rate)
     return 0
+
+
+def _midi_paths(outputs: list) -> list:
+    """``--midi``: NAME.mid beside each audio file, checked (and the extra found) up front."""
+    from music_gen import outputs as checks
+    from music_gen.audio.midi import require_midi
+
+    require_midi()
+    return [checks.check_file(path.with_suffix(".mid"), "--midi") for path in outputs]
+
+
+def _write_midi(path, clip, sample_rate: int) -> None:
+    from music_gen.audio.midi import summary, transcribe, write_midi
+
+    notes = transcribe(clip, sample_rate)  # clip: [C, S]
+    write_midi(path, notes)
+    print(f"{path}  {summary(notes)}")
 
 
 def _read_prompts(args: argparse.Namespace) -> list[str]:
