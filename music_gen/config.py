@@ -22,12 +22,23 @@ from music_gen.models.attributes import AttributeName
 
 
 class Strict(BaseModel):
-    """Base for every config section: unknown keys are errors, assignments are checked."""
+    """Base for every config section: unknown keys are errors, assignments are checked.
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    The docstring under each field is its description (``use_attribute_docstrings``):
+    ``music-gen config reference`` renders them into docs/configuration.md.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        validate_assignment=True,
+        protected_namespaces=(),
+        use_attribute_docstrings=True,
+    )
 
 
 class TextEncoderConfig(Strict):
+    """The T5 text encoder whose features the decoder cross-attends to."""
+
     source: str | None = None
     """Local directory or hub id of a T5 encoder (e.g. ``t5-base``). ``None`` builds a
     small random T5 from the fields below with the byte-level ByT5 tokenizer (offline)."""
@@ -44,6 +55,8 @@ class TextEncoderConfig(Strict):
 
 
 class ModelConfig(Strict):
+    """The language model: a transformer decoder over codec tokens, conditioned on text."""
+
     preset: Literal["debug", "small", "medium", "large"] = "debug"
     """Size preset (see ``music_gen.models.lm.PRESETS``); the fields below override it."""
     dim: int | None = Field(None, gt=0)
@@ -76,6 +89,7 @@ class ModelConfig(Strict):
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
     text: TextEncoderConfig = TextEncoderConfig()
+    """The text encoder (T5)."""
 
 
 class CodecTrainConfig(Strict):
@@ -166,6 +180,8 @@ class CodecTrainConfig(Strict):
 
 
 class CodecConfig(Strict):
+    """The audio codec (EnCodec) that turns audio into codes and back."""
+
     backend: Literal["transformers", "encodec"] = "transformers"
     """``transformers``: ``EncodecModel`` (MusicGen's 32 kHz codec); ``encodec``: the encodec package."""
     source: str | None = None
@@ -189,6 +205,8 @@ class CodecConfig(Strict):
 
 
 class DataConfig(Strict):
+    """Tokenization with Ray Data (``music-gen data tokenize``) and the dataset training reads."""
+
     input: str | None = None
     """Directory of audio files (with optional sidecar JSON) or a JSONL/CSV manifest
     (local path or any URI pyarrow opens: ``s3://``, ``gs://``)."""
@@ -247,6 +265,8 @@ class LoraConfig(Strict):
 
 
 class TrainConfig(Strict):
+    """Training with Ray Train (``music-gen train``; each trial of ``music-gen tune``)."""
+
     name: str = "music-gen"
     """Run name; re-running with the same name and storage resumes from its last checkpoint."""
     storage: str = "work/runs"
@@ -387,6 +407,8 @@ class AutoscalingSettings(Strict):
 
 
 class ServeConfig(Strict):
+    """The HTTP app on Ray Serve (``music-gen serve``, ``serve run`` / ``serve deploy``)."""
+
     model: str | None = None
     """What replicas load by default: a checkpoint dir, a transformers dir, a hub id,
     ``runs:/...``, ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``."""
@@ -457,12 +479,20 @@ class ServeConfig(Strict):
 
 
 class Config(Strict):
+    """A run's whole config: one section per part of the platform."""
+
     model: ModelConfig = ModelConfig()
+    """The language model's size and conditioning."""
     codec: CodecConfig = CodecConfig()
+    """The audio codec, and how ``codec train`` trains one."""
     data: DataConfig = DataConfig()
+    """Tokenizing audio into a dataset of codes."""
     train: TrainConfig = TrainConfig()
+    """Training the language model."""
     tune: TuneConfig = TuneConfig()
+    """Sweeps over the training settings."""
     serve: ServeConfig = ServeConfig()
+    """Serving over HTTP."""
 
 
 def _format_error(err: ValidationError) -> str:

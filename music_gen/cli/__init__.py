@@ -2,7 +2,8 @@
 
 Each job has its own module here (``data``, ``codec``, ``generate``, ``transcribe``, ``train`` with
 ``tune`` and ``evaluate``, ``report`` with ``compare``, ``registry``, ``serve``, ``submit``,
-``demo``); each subcommand is an ``add_*`` function that declares its flags and points ``run`` at a small handler. Heavy imports (torch, ray, mlflow) happen inside
+``demo``, ``config``); each subcommand is an ``add_*`` function that declares its flags and
+points ``run`` at a small handler. Heavy imports (torch, ray, mlflow) happen inside
 handlers so ``music-gen --help`` stays fast. User mistakes raise
 ``MusicGenError`` and come out as one line and a non-zero exit.
 """
@@ -25,6 +26,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 from music_gen.cli.bench import add_bench
 from music_gen.cli.codec import add_codec
 from music_gen.cli.common import split_overrides
+from music_gen.cli.config import add_config
 from music_gen.cli.data import add_data
 from music_gen.cli.demo import add_demo
 from music_gen.cli.export import add_export
@@ -43,6 +45,7 @@ COMMANDS = [
     add_generate, add_demo, add_data, add_codec, add_train, add_tune, add_evaluate,
     add_registry, add_serve, add_submit,
     add_interactive, add_report, add_compare, add_export, add_bench, add_transcribe,
+    add_config,
 ]  # fmt: skip
 
 

@@ -1,4 +1,4 @@
-"""`music-gen demo`: the platform end to end, offline (music_gen/pipelines/demo.py)."""
+"""`music-gen demo`: the platform end to end, offline (music_gen/pipelines/demo/)."""
 
 from __future__ import annotations
 
