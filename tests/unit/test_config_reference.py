@@ -40,7 +40,7 @@ def test_the_committed_reference_is_the_schema_rendered():
 def test_every_key_of_every_section_is_a_row():
     text = render_reference()
     assert [key for key, _, _ in sections()] == [
-        "model", "model.text", "codec", "codec.train", "data", "train", "tune", "serve",
+        "model", "model.text", "codec", "codec.train", "data", "train", "train.lora", "tune", "serve",
         "serve.autoscaling_config",
     ]  # fmt: skip
     for key, section, _ in sections():
