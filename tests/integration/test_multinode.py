@@ -1,8 +1,8 @@
 """More than one Ray node on this machine: the commands join a multi-node cluster
 (``ray.cluster_utils.Cluster``: a head and three worker raylets, one CPU each) through
 ``RAY_ADDRESS``, as a user's command joins a real cluster. `data tokenize` runs its
-encoder actors on two nodes and `serve` its replicas on two nodes (where they ran is
-read back from Ray's state API); `train` spreads its two workers over two nodes. The node that holds rank 0 (the one that writes the checkpoints) is then
+encoder actors on two nodes, `serve` its replicas on two nodes and `tune` its trials on
+two nodes (where they ran is read back from Ray's state API); `train` spreads its two workers over two nodes. The node that holds rank 0 (the one that writes the checkpoints) is then
 removed mid-run: the run goes on from its last checkpoint on the nodes that remain,
 which read a checkpoint another node wrote, and says where it resumed.
 
@@ -132,6 +132,37 @@ def test_serve_replicas_on_different_nodes(cluster, tmp_path):
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def train_workers(ray_cluster) -> dict[str, str]:
+    """Ray Train worker actors of the cluster (alive or dead): actor id -> node id."""
+    actors = list_actors(address=ray_cluster.address, detail=True, limit=10_000)
+    return {a.actor_id: a.node_id for a in actors if a.class_name == "RayTrainWorker"}
+
+
+def test_tune_trials_run_on_both_nodes(cluster, data_dir, tmp_path):  # noqa: F811
+    # Two 2-step trials at once, one worker of one CPU each: on one-CPU nodes they can only
+    # run side by side on two different nodes.
+    ray_cluster, _ = cluster
+    before = train_workers(ray_cluster)
+    overrides = [o for o in TINY if not o.startswith("train.cpus_per_worker")]
+    command = [
+        sys.executable, "-m", "music_gen.cli", "tune", "--data", data_dir, "--name", "spread",
+        *overrides, "train.cpus_per_worker=1", "train.num_workers=1", "train.steps=2",
+        "train.checkpoint_every=2", "train.eval_every=2", "train.eval_samples=0",
+        "tune.search=grid", "tune.num_samples=1", "tune.max_concurrent_trials=2",
+        "tune.grace_period=2", "tune.search_space={train.lr: {grid: [1.0e-3, 3.0e-3]}}",
+        f"tune.storage={tmp_path / 'tune'}",
+    ]  # fmt: skip
+    run = subprocess.run(
+        command, env=joined(ray_cluster, tmp_path), capture_output=True, text=True, timeout=420
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    statuses = {"done", "stopped", "error", "unfinished"}  # the last column of the trial table
+    ended = [w[-1] for w in map(str.split, run.stdout.splitlines()) if w and w[-1] in statuses]
+    assert len(ended) == 2 and set(ended) <= {"done", "stopped"}, run.stdout
+    workers = {k: v for k, v in train_workers(ray_cluster).items() if k not in before}
+    assert len(workers) == 2 and len(set(workers.values())) == 2, workers
 
 
 def test_training_spreads_and_survives_losing_a_node(cluster, data_dir, tmp_path):  # noqa: F811
