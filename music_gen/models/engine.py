@@ -17,8 +17,10 @@ and is free for the next one::
 Every tensor the step touches has a fixed shape (``2N`` rows: conditional rows, then
 the null-condition rows of classifier-free guidance; a cache of ``max_steps``
 positions; memory padded to ``memory_len`` tokens) and positions are tensors, not
-Python ints, so the step can be captured once as a CUDA graph and replayed. On the
-CPU it runs eagerly. Keys past a slot's position are masked, so a freed and reused
+Python ints, so the step can be captured once as a CUDA graph and replayed
+(``Engine(..., graphs=True)`` on a CUDA device). On the CPU it runs eagerly. Nothing
+in a step reads the device back: the sampler takes each slot's settings as the host
+knows them, and the host counts each slot's steps itself. Keys past a slot's position are masked, so a freed and reused
 slot carries nothing of its previous request.
 
 What it computes is what ``generate_codes`` computes for one row: greedy codes are
@@ -77,13 +79,17 @@ class _Slot:
     steps: int
     """Delayed steps to run: frames + levels - 1 (levels: K, or K / 2 for stereo)."""
     generator: torch.Generator | None
+    settings: dict[str, float]
+    """temperature, top_k, top_p as checked: known on the host, so sampling needs no sync."""
+    fed: int = 0
+    """Delayed steps run so far (the host's copy of ``Engine.position``)."""
     first_step_s: float | None = None
 
 
 class Engine:
     """N decode slots over one ``MusicGen`` (see the module docstring)."""
 
-    def __init__(self, model, slots: int = 8, memory_len: int | None = None):
+    def __init__(self, model, slots: int = 8, memory_len: int | None = None, graphs: bool = False):
         lm, cond = model.lm, model.conditioner
         cfg = lm.cfg
         if not cfg.cross_attention:
@@ -126,6 +132,13 @@ class Engine:
         self.scale = torch.ones(slots, device=device)
         self.slots: list[_Slot | None] = [None] * slots
         self.queue: deque[Request] = deque()
+        if graphs and device.type != "cuda":
+            raise UsageError("CUDA graphs need a CUDA device (the engine runs eagerly elsewhere)")
+        self.graphs = graphs
+        self._graph: Any = None  # torch.cuda.CUDAGraph once captured
+        self._graph_logits: torch.Tensor | None = None
+        self._live: list[int] = []
+        self._live_rows = torch.zeros(0, dtype=torch.long, device=device)
 
     # -- requests -------------------------------------------------------------------
 
@@ -180,7 +193,8 @@ class Engine:
             generator = None
             if request.seed is not None:
                 generator = torch.Generator(device=memory.device).manual_seed(int(request.seed))
-            self.slots[slot_index] = _Slot(request, request.frames + levels - 1, generator)
+            steps = request.frames + levels - 1
+            self.slots[slot_index] = _Slot(request, steps, generator, check)
 
     # -- the decode step --------------------------------------------------------------
 
@@ -196,13 +210,19 @@ class Engine:
             slot = self.slots[i]
             if slot is not None and slot.first_step_s is None:
                 slot.first_step_s = now - slot.request.submitted
-        logits = self._forward()  # [2N, K, card]
+        logits = self._replay() if self.graphs else self._forward()  # [2N, K, card]
         logits = sampling.apply_guidance(logits, self.scale)  # [N, K, card]
-        rows = torch.tensor(live, device=logits.device)
-        generators = [self.slots[i].generator for i in live]  # type: ignore[union-attr]
+        rows = self._rows(live)
+        running = [slot for slot in (self.slots[i] for i in live) if slot is not None]
+        host = sampling.HostSettings(
+            top_k=tuple(int(slot.settings["top_k"]) for slot in running),
+            top_p=tuple(slot.settings["top_p"] for slot in running),
+            temperature=tuple(slot.settings["temperature"] for slot in running),
+        )
         chosen = sampling.sample(
             logits[rows],
-            generators=generators,
+            generators=[slot.generator for slot in running],
+            host=host,
             **{name: value[rows] for name, value in self.settings.items()},
         )  # [n, K]
         positions = self.position[rows]  # [n]
@@ -214,7 +234,40 @@ class Engine:
         chosen = torch.where(real, chosen, special)
         self.seq[rows, :, positions + 1] = chosen
         self.position[rows] += 1
+        for slot in running:
+            slot.fed += 1
         return self._collect(live)
+
+    def _rows(self, live: list[int]) -> torch.Tensor:
+        """The live slots as a device tensor, copied from the host only when they change
+        (a copy from the host waits for the device)."""
+        if self._live != live:
+            self._live, self._live_rows = live, torch.tensor(live, device=self.position.device)
+        return self._live_rows
+
+    def _replay(self) -> torch.Tensor:
+        """``_forward`` replayed as one CUDA graph (captured at the first call).
+
+        Everything the step reads or writes is a buffer of fixed shape updated in place
+        (codes, positions, caches, conditioning, masks), so one capture serves every
+        later step, whichever slots are live. The warm-up runs compute exactly what the
+        captured step then computes at the same positions: they write nothing a later
+        step would not overwrite.
+        """
+        if self._graph is None:
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(2):  # kernels chosen and memory pools filled before capture
+                    self._forward()
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._graph_logits = self._forward()  # [2N, K, card], the graph's output
+            self._graph = graph
+        self._graph.replay()
+        assert self._graph_logits is not None
+        return self._graph_logits
 
     def _forward(self) -> torch.Tensor:
         """Feed every slot's last step at its own position: logits ``[2N, K, card]``."""
@@ -256,7 +309,7 @@ class Engine:
         now = time.perf_counter()
         for i in live:
             slot = self.slots[i]
-            if slot is None or int(self.position[i]) < slot.steps:
+            if slot is None or slot.fed < slot.steps:
                 continue
             delayed = self.seq[i : i + 1, :, 1 : slot.steps + 1]
             codes = revert_delay(delayed, self.channels)[0]  # [K, T]

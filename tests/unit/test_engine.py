@@ -94,3 +94,59 @@ def test_stereo_models_keep_their_interleaved_pattern():
     got = Engine(stereo, slots=2).run([Request("jazz", frames=9, top_k=1)])[0]
     want = stereo.generate_codes(["jazz"], duration=9 / stereo.frame_rate, top_k=1)[0]
     assert torch.equal(got, want)
+
+
+def test_a_step_reads_nothing_back_from_the_device(model, monkeypatch):
+    # The engine passes the host's copy of each slot's settings: the sampler never asks
+    # the device (on a GPU each such read would be a synchronisation per step).
+    import music_gen.models.sampling as sampling
+
+    real = sampling.sample
+    hinted = []
+
+    def spy(*args, **kwargs):
+        hinted.append(kwargs.get("host") is not None)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sampling, "sample", spy)
+    requests = [Request("jazz", frames=6, top_k=5, seed=1), Request("rock", frames=4, top_p=0.9)]
+    Engine(model, slots=2).run(requests)
+    assert hinted and all(hinted)
+
+
+def test_graphs_need_a_cuda_device(model):
+    with pytest.raises(UsageError, match="CUDA graphs need a CUDA device"):
+        Engine(model, slots=1, graphs=True)
+
+
+@pytest.mark.gpu
+def test_cuda_graph_steps_equal_eager_steps_without_syncs(model):
+    cuda = model.to("cuda")
+    try:
+        frames = [20, 12, 30]
+        requests = [
+            Request(p, frames=f, top_k=k, seed=s)
+            for p, f, k, s in zip(PROMPTS, frames, [1, 50, 250], [None, 4, 5], strict=True)
+        ]
+        eager = Engine(cuda, slots=3).run(requests)
+        engine = Engine(cuda, slots=3, graphs=True)
+        for request in requests:
+            engine.submit(request)
+        engine.step()  # admits all three (copies from the host) and captures the graph
+        engine.step()  # the live rows are copied to the device once
+        found = {}
+        # Until a slot finishes nothing changes on the host side: no step may wait for
+        # the device (a read back would raise in this mode).
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for _ in range(min(frames) - 2):
+                assert engine.step() == []
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        while engine.busy:
+            for done in engine.step():
+                found[done.request.prompt] = done.codes
+        for request, want in zip(requests, eager, strict=True):
+            assert torch.equal(found[request.prompt].cpu(), want.cpu()), request.prompt
+    finally:
+        model.to("cpu")

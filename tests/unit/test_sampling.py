@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from music_gen.models import sampling
 from music_gen.models.sampling import apply_guidance, sample
 
 pytestmark = pytest.mark.unit
@@ -77,3 +78,25 @@ def test_guidance_formula_and_scale_one():
     guided = apply_guidance(torch.cat([cond, uncond]), torch.tensor([3.0, 1.0]))
     torch.testing.assert_close(guided[0], uncond[0] + 3.0 * (cond[0] - uncond[0]))
     assert torch.equal(guided[1], cond[1])
+
+
+def test_host_settings_draw_the_same_codes_without_reading_the_device():
+    # Mixed rows: greedy, top-k, top-p, zero temperature; a seeded generator per row.
+    logits = torch.randn(4, 3, 50, generator=torch.Generator().manual_seed(0))
+    top_k, top_p, temperature = [1, 5, 0, 20], [0.0, 0.0, 0.9, 0.0], [1.0, 0.8, 1.2, 0.0]
+    settings = {
+        "temperature": torch.tensor(temperature),
+        "top_k": torch.tensor(top_k),
+        "top_p": torch.tensor(top_p),
+    }
+    host = sampling.HostSettings(tuple(top_k), tuple(top_p), tuple(temperature))
+    for seed in range(5):
+
+        def generators(seed=seed):
+            return [torch.Generator().manual_seed(seed * 10 + row) for row in range(4)]
+
+        plain = sampling.sample(logits, **settings, generators=generators())
+        hinted = sampling.sample(logits, **settings, generators=generators(), host=host)
+        assert torch.equal(plain, hinted)
+    assert host.greedy() == [True, False, False, True]
+    assert host.candidates(50) == [1, 5, 50, 20]
