@@ -81,7 +81,8 @@ def test_one_generator_and_discriminator_step_moves_both():
     d_moved = {k: v.clone() for k, v in discriminator.state_dict().items()}
     d_grads = [p.grad.clone() for p in discriminator.parameters()]
     losses = disc.generator_losses(discriminator, audio, output)
-    assert float(d_loss) > 0 and float(losses["g_adv"]) >= 0 and float(losses["feature"]) > 0
+    g_adv, feature = float(losses["g_adv"].detach()), float(losses["feature"].detach())
+    assert float(d_loss) > 0 and g_adv >= 0 and feature > 0
     loss = ct.reconstruction_losses(output, audio, ct.MelLoss(16_000))["mel"] + commitment
     optimizer.zero_grad()
     (loss + losses["g_adv"] + losses["feature"]).backward()
