@@ -59,12 +59,15 @@ def build_network(cfg: Config):
     return ct.build_model(config, tc.seed)
 
 
-def build_adversary(cfg: Config) -> tuple:
-    """The discriminator and its optimizer, or ``(None, None)`` when the switch is off."""
+def build_adversary(cfg: Config, device=None) -> tuple:
+    """The discriminator (on ``device``, in training mode) and its optimizer, or
+    ``(None, None)`` when the switch is off. On the device before any optimizer state is
+    loaded: ``load_state_dict`` puts the state where the parameters are."""
     tc = cfg.codec.train
     if not tc.adversarial:
         return None, None
     discriminator = disc.build_discriminator(tc.channels, tc.discriminator_filters, tc.seed + 1)
+    discriminator.to(device).train()
     betas = tuple(tc.betas)
     optimizer = torch.optim.Adam(discriminator.parameters(), lr=tc.discriminator_lr, betas=betas)
     return discriminator, optimizer
@@ -192,7 +195,7 @@ def train_loop_per_worker(config: dict) -> dict | None:
     model = build_network(cfg)
     module = ct.QuantizedAutoencoder(model, tc.codebook_ema, tc.dead_code_threshold)
     optimizer = torch.optim.Adam(module.parameters(), lr=tc.lr, betas=tuple(tc.betas))
-    discriminator, d_optimizer = build_adversary(cfg)
+    discriminator, d_optimizer = build_adversary(cfg, device)
     restored = False
     start, checkpoint = 0, ray.train.get_checkpoint()  # [ray] the run's latest, if any
     if checkpoint is not None:
@@ -220,10 +223,8 @@ def train_loop_per_worker(config: dict) -> dict | None:
         # codebooks then stay equal by the summed statistics of the forward.
         wrapped = DistributedDataParallel(module, forward_sync_buffers=False)
     wrapped_d = discriminator
-    if discriminator is not None:
-        discriminator.to(device).train()
-        if world > 1:
-            wrapped_d = DistributedDataParallel(discriminator)
+    if discriminator is not None and world > 1:
+        wrapped_d = DistributedDataParallel(discriminator)
     mel_loss = ct.MelLoss(tc.sample_rate).to(device)
     val_data = None
     log = RunLogger(config["tracking_uri"], config["run_id"], enabled=rank == 0)
