@@ -11,6 +11,7 @@ clips). Prints one JSON line::
 
     python benchmarks/codec.py                 # about 10 minutes on 2 cores
     python benchmarks/codec.py --steps 100 --clips 32   # a quick look
+    python benchmarks/codec.py --adversarial --set codec.train.adversarial_start_step=50
 """
 
 from __future__ import annotations
@@ -59,6 +60,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0, help="length of each clip")
     parser.add_argument("--steps", type=int, default=None, help="default: the config's")
     parser.add_argument("--workdir", help="keep audio, codecs and runs here (default: temp)")
+    parser.add_argument(
+        "--adversarial", action="store_true", help="train with the STFT discriminator"
+    )
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="more config overrides"
+    )
     args = parser.parse_args()
 
     from music_gen.config import load_config
@@ -77,6 +84,9 @@ def main() -> None:
         overrides = [f"codec.train.storage={root / 'runs'}", f"codec.train.name=b{time.time():.0f}"]
         if args.steps:
             overrides.append(f"codec.train.steps={args.steps}")
+        if args.adversarial:
+            overrides.append("codec.train.adversarial=true")
+        overrides += args.set
         cfg = load_config([CONFIG], overrides)
 
         started = time.perf_counter()
@@ -100,6 +110,8 @@ def main() -> None:
                 "benchmark": "codec",
                 "codec": f"{cfg.codec.num_codebooks} x {cfg.codec.cardinality} at 50 Hz, 16 kHz",
                 "steps": summary["end_step"],
+                "adversarial": cfg.codec.train.adversarial,
+                "overrides": args.set,
                 "workers": cfg.codec.train.num_workers,
                 "train_minutes": round(train_minutes, 2),
                 "kmeans_minutes": round(kmeans_minutes, 2),

@@ -153,8 +153,23 @@ class CodecTrainConfig(Strict):
     """A codebook entry whose average use falls below this is restarted on a batch vector."""
     kmeans_batches: int = Field(8, gt=0)
     """Batches whose latents initialise the codebooks by k-means."""
-    adversarial: Literal[False] = False
-    """A multi-scale STFT discriminator (not implemented yet: only ``false``)."""
+    adversarial: bool = False
+    """Train against a multi-scale STFT discriminator (EnCodec's: hinge and
+    feature-matching losses). The discriminator is training-only: it lives in the
+    checkpoints' train state, never in the saved codec. Segments must be at least 2048
+    samples long (its largest FFT)."""
+    adversarial_weight: float = Field(3.0, ge=0)
+    """Weight of the generator's hinge loss against the discriminator (EnCodec: 3)."""
+    feature_weight: float = Field(3.0, ge=0)
+    """Weight of the feature-matching loss: L1 between the discriminator's feature maps of
+    real and reconstructed audio (EnCodec: 3)."""
+    discriminator_lr: float = Field(3e-4, gt=0)
+    """Learning rate of the discriminator's Adam (constant, ``betas`` as the codec's)."""
+    discriminator_filters: int = Field(16, gt=0)
+    """Channels of each scale's convolutions (audiocraft: 32; smaller is cheaper on CPU)."""
+    adversarial_start_step: int = Field(100, ge=0)
+    """Steps of reconstruction losses alone before the discriminator trains and its losses
+    count (a random codec is too easy to tell apart to learn from)."""
     num_workers: int = Field(1, gt=0)
     """Ray Train workers (one process each, DDP between them)."""
     use_gpu: bool = False

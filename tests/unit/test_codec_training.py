@@ -94,6 +94,10 @@ def test_saved_directory_round_trips_and_damage_is_refused(tmp_path):
         ([], "no audio files found"),
         (["codec.train.ratios=[8,5,4,3]"], "does not divide the sample rate"),
         (["codec.cardinality=0"], "codec.cardinality"),
+        (
+            ["codec.train.adversarial=true", "codec.train.segment_seconds=0.1"],
+            "adversarial needs segments of at least 2048 samples",
+        ),
     ],
 )
 def test_codec_train_bad_input_is_one_line(tmp_path, capsys, extra, message):

@@ -19,6 +19,7 @@ from pathlib import Path
 from music_gen.config import Config
 from music_gen.errors import ConfigError, MusicGenError, UsageError
 from music_gen.models.codec import CODEC_JSON, WEIGHTS
+from music_gen.models.discriminator import MIN_SAMPLES
 from music_gen.pipelines.codec import data
 from music_gen.pipelines.codec.worker import VAL_METRIC, build_network, train_loop_per_worker
 
@@ -54,6 +55,12 @@ def plan_codec_run(cfg: Config, input: str, output: str) -> CodecPlan:
             "codec train makes a codec of codec.train.channels; leave codec.channels at 1"
         )
     network = build_network(cfg)  # raises ConfigError for a bad architecture
+    samples = round(tc.segment_seconds * tc.sample_rate)
+    if tc.adversarial and samples < MIN_SAMPLES:
+        raise ConfigError(
+            f"codec.train.adversarial needs segments of at least {MIN_SAMPLES} samples (the "
+            f"discriminator's largest FFT); codec.train.segment_seconds gives {samples}"
+        )
     out = check_output(output)
     data.list_audio(input)  # raises UsageError when there is no audio at all
     storage = tc.storage if "://" in tc.storage else str(Path(tc.storage).expanduser().resolve())

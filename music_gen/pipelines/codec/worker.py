@@ -5,6 +5,12 @@ statistics are summed over ranks inside the forward); rank 0 initialises the cod
 by k-means (DDP then copies them to every rank), scores the held-out segments, logs to
 MLflow and writes the checkpoints, which are codec directories plus ``train_state/``.
 
+With ``codec.train.adversarial`` a multi-scale STFT discriminator trains beside the codec
+(from ``adversarial_start_step``): each step first moves the discriminator on the real
+and the detached reconstructed audio, then the codec on its reconstruction losses plus
+the discriminator's hinge and feature-matching losses. The discriminator's weights and
+optimizer live in ``train_state/`` only; the codec directory is the same as without it.
+
 Reused from the LM's training: the data stream (``stream_batches``), the learning-rate
 schedule (``lr_factor``, ``set_lr``), the progress relay and the MLflow ``RunLogger``.
 """
@@ -17,10 +23,12 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from music_gen.config import Config
 from music_gen.errors import CheckpointError
 from music_gen.models import codec_training as ct
+from music_gen.models import discriminator as disc
 from music_gen.models.codebooks import calibrate_codec
 from music_gen.models.codec import TransformersCodec, save_encodec
 from music_gen.pipelines.codec.data import to_tensor
@@ -33,6 +41,10 @@ VAL_METRIC = "val_mel"
 TRAIN_STATE = "train_state"
 STATE_FILE = "state.json"
 OPTIMIZER_FILE = "optimizer.pt"
+DISCRIMINATOR_FILE = "discriminator.safetensors"
+DISCRIMINATOR_OPTIMIZER_FILE = "discriminator_optimizer.pt"
+RESUME_ERRORS = (OSError, RuntimeError, ValueError, SafetensorError)
+"""What a damaged or foreign train state raises as it is read."""
 EXAMPLES = 2
 """Held-out reconstructions logged (audio and spectrogram) at each checkpoint."""
 
@@ -47,12 +59,34 @@ def build_network(cfg: Config):
     return ct.build_model(config, tc.seed)
 
 
-def save_checkpoint(directory: Path, model, optimizer, state: dict) -> None:
+def build_adversary(cfg: Config, device=None) -> tuple:
+    """The discriminator (on ``device``, in training mode) and its optimizer, or
+    ``(None, None)`` when the switch is off. On the device before any optimizer state is
+    loaded: ``load_state_dict`` puts the state where the parameters are."""
+    tc = cfg.codec.train
+    if not tc.adversarial:
+        return None, None
+    discriminator = disc.build_discriminator(tc.channels, tc.discriminator_filters, tc.seed + 1)
+    discriminator.to(device).train()
+    betas = tuple(tc.betas)
+    optimizer = torch.optim.Adam(discriminator.parameters(), lr=tc.discriminator_lr, betas=betas)
+    return discriminator, optimizer
+
+
+def save_checkpoint(
+    directory: Path, model, optimizer, state: dict, discriminator=None, d_optimizer=None
+) -> None:
+    from safetensors.torch import save_file
+
     save_encodec(model, directory)
     train_dir = directory / TRAIN_STATE
     train_dir.mkdir(parents=True, exist_ok=True)
     (train_dir / STATE_FILE).write_text(json.dumps(state, indent=1))
     torch.save(optimizer.state_dict(), train_dir / OPTIMIZER_FILE)
+    if discriminator is not None:
+        weights = {k: v.contiguous() for k, v in discriminator.state_dict().items()}
+        save_file(weights, str(train_dir / DISCRIMINATOR_FILE))
+        torch.save(d_optimizer.state_dict(), train_dir / DISCRIMINATOR_OPTIMIZER_FILE)
 
 
 def load_checkpoint(directory: Path, model, optimizer) -> dict:
@@ -65,8 +99,26 @@ def load_checkpoint(directory: Path, model, optimizer) -> dict:
             torch.load(directory / TRAIN_STATE / OPTIMIZER_FILE, weights_only=True)
         )
         return json.loads((directory / TRAIN_STATE / STATE_FILE).read_text())
-    except (OSError, RuntimeError, ValueError) as exc:
+    except RESUME_ERRORS as exc:
         raise CheckpointError(f"cannot resume from {directory}: {exc}") from None
+
+
+def load_discriminator(directory: Path, discriminator, d_optimizer) -> bool:
+    """The discriminator's weights and optimizer state from a checkpoint; ``False`` when it
+    has none (a run that trained without one: the discriminator starts afresh)."""
+    from safetensors.torch import load_file
+
+    train_dir = directory / TRAIN_STATE
+    if not (train_dir / DISCRIMINATOR_FILE).exists():
+        return False
+    try:
+        discriminator.load_state_dict(load_file(str(train_dir / DISCRIMINATOR_FILE)))
+        d_optimizer.load_state_dict(
+            torch.load(train_dir / DISCRIMINATOR_OPTIMIZER_FILE, weights_only=True)
+        )
+    except RESUME_ERRORS as exc:
+        raise CheckpointError(f"cannot resume the discriminator from {directory}: {exc}") from None
+    return True
 
 
 def init_codebooks(model, audio: list) -> None:
@@ -143,10 +195,14 @@ def train_loop_per_worker(config: dict) -> dict | None:
     model = build_network(cfg)
     module = ct.QuantizedAutoencoder(model, tc.codebook_ema, tc.dead_code_threshold)
     optimizer = torch.optim.Adam(module.parameters(), lr=tc.lr, betas=tuple(tc.betas))
+    discriminator, d_optimizer = build_adversary(cfg, device)
+    restored = False
     start, checkpoint = 0, ray.train.get_checkpoint()  # [ray] the run's latest, if any
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             start = int(load_checkpoint(Path(directory), model, optimizer)["step"])
+            if discriminator is not None:
+                restored = load_discriminator(Path(directory), discriminator, d_optimizer)
     # Batches are a function of the step: a resumed run draws afresh, not a replay.
     batches = stream_batches(
         ray.train.get_dataset_shard("train"),  # [ray]
@@ -166,6 +222,9 @@ def train_loop_per_worker(config: dict) -> dict | None:
         # Construction copies rank 0's weights and k-means codebooks to every rank; the
         # codebooks then stay equal by the summed statistics of the forward.
         wrapped = DistributedDataParallel(module, forward_sync_buffers=False)
+    wrapped_d = discriminator
+    if discriminator is not None and world > 1:
+        wrapped_d = DistributedDataParallel(discriminator)
     mel_loss = ct.MelLoss(tc.sample_rate).to(device)
     val_data = None
     log = RunLogger(config["tracking_uri"], config["run_id"], enabled=rank == 0)
@@ -177,7 +236,10 @@ def train_loop_per_worker(config: dict) -> dict | None:
 
     where = f"resuming at step {start}" if start else "from step 0"
     say(f"[codec] {world} worker(s), {device}, {where} of {tc.steps}")
-    window: dict[str, float] = {}
+    if discriminator is not None:
+        fresh = " (none in the checkpoint: a fresh one)" if start and not restored else ""
+        say(f"[codec] adversarial from step {tc.adversarial_start_step}{fresh}")
+    window: dict[str, list[float]] = {}  # name -> [sum, steps it was measured]
     window_steps, window_start, metrics = 0, time.perf_counter(), {}
     for step in range(start, tc.steps):
         rows = next(batches)[2]
@@ -194,24 +256,44 @@ def train_loop_per_worker(config: dict) -> dict | None:
         if tc.si_snr_weight:
             losses["si_snr"] = ct.si_snr(output, audio).mean()
             loss = loss - tc.si_snr_weight * losses["si_snr"] / 10
+        if discriminator is not None and step >= tc.adversarial_start_step:
+            output = output[..., : audio.shape[-1]]  # [B, C, S]
+            losses["d_loss"] = disc.discriminator_step(
+                wrapped_d, d_optimizer, audio, output, tc.grad_clip
+            )
+            # The bare module: this forward must not involve the discriminator's DDP.
+            adversarial = disc.generator_losses(discriminator, audio, output)
+            losses.update(adversarial)
+            loss = (
+                loss
+                + tc.adversarial_weight * adversarial["g_adv"]
+                + tc.feature_weight * adversarial["feature"]
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(module.parameters(), tc.grad_clip)
         optimizer.step()
         for name, value in {"loss": loss, **losses}.items():
-            window[name] = window.get(name, 0.0) + float(value.detach())
+            total = window.setdefault(name, [0.0, 0])
+            total[0] += float(value.detach())
+            total[1] += 1
         window_steps += 1
         done = step + 1
         if done % tc.log_every == 0 or done == tc.steps:
             seconds = time.perf_counter() - window_start
-            metrics = {f"train_{k}": v / window_steps for k, v in window.items()}
+            metrics = {f"train_{k}": total / count for k, (total, count) in window.items()}
             metrics["audio_seconds_per_s"] = (
                 window_steps * audio.shape[0] * audio.shape[-1] * world
             ) / (tc.sample_rate * max(seconds, 1e-9))
             log.metrics(metrics, done)
+            adversarial_part = (
+                f" d {metrics['train_d_loss']:.3f} g_adv {metrics['train_g_adv']:.3f}"
+                if "train_d_loss" in metrics
+                else ""
+            )
             say(
                 f"[codec] step {done}/{tc.steps} loss {metrics['train_loss']:.4f} "
-                f"l1 {metrics['train_l1']:.4f} mel {metrics['train_mel']:.3f}"
+                f"l1 {metrics['train_l1']:.4f} mel {metrics['train_mel']:.3f}{adversarial_part}"
             )
             window, window_steps, window_start = {}, 0, time.perf_counter()
         if done % tc.checkpoint_every == 0 or done == tc.steps:
@@ -236,7 +318,7 @@ def train_loop_per_worker(config: dict) -> dict | None:
                 )
                 state = {"step": done, "metrics": report, "config": cfg.model_dump(mode="json")}
                 with tempfile.TemporaryDirectory() as tmp:
-                    save_checkpoint(Path(tmp), model, optimizer, state)
+                    save_checkpoint(Path(tmp), model, optimizer, state, discriminator, d_optimizer)
                     ray.train.report(  # [ray] persisted to <storage>/<name>/checkpoint_<step>
                         report,
                         checkpoint=ray.train.Checkpoint.from_directory(tmp),
