@@ -11,8 +11,15 @@ same decoder with 2 x 4 interleaved codebooks) and ``melody`` (a MusicGen-Melody
 decoder of the same size, conditioned on a 10 s melody: both sides compute its chroma
 inside the timed call, 235 chroma frames prefixed to the text).
 
-    python benchmarks/generation.py [--steps 250] [--repeats 3] [--dtype float32|bfloat16]
+    python benchmarks/generation.py [--steps 250] [--repeats 3]
+                                    [--dtype auto|float32|bfloat16 ...]
                                     [--variants mono stereo melody]
+
+``--dtype`` is our model's (transformers stays fp32); ``auto`` (the default) is what
+``music-gen generate`` picks (``pick_dtype``: bf16 on a CPU with native bf16, else fp32).
+Several dtypes are timed in the same run against the same transformers timings: the
+first gives ``ours_steps_per_s`` and ``ratio``, each further one adds
+``ours_steps_per_s_DTYPE`` and ``ratio_DTYPE`` (e.g. ``--dtype auto float32``).
 
 Prints one JSON line.
 """
@@ -27,6 +34,7 @@ import sys
 sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import argparse
+import copy
 import json
 import statistics
 import tempfile
@@ -154,12 +162,18 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument(
         "--dtype",
-        choices=["float32", "bfloat16"],
-        default="float32",
-        help="our model's dtype (transformers stays float32)",
+        nargs="+",
+        choices=["auto", "float32", "bfloat16"],
+        default=["auto"],
+        help="our model's dtype(s) (transformers stays float32); the first one gives 'ratio'",
     )
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     args = parser.parse_args()
+    from music_gen.models.generator import pick_dtype
+
+    # resolved names, in order, each once: "auto" becomes what it picks on this machine
+    dtypes = {str(pick_dtype(name, "cpu")).removeprefix("torch."): None for name in args.dtype}
+    args.dtypes = list(dtypes)
     result = {
         "benchmark": "generation",
         "device": "cpu",
@@ -167,7 +181,9 @@ def main() -> None:
         "model": "dim512-L8-H8-K4",
         "steps": args.steps,
         "guidance_scale": 3.0,
-        "ours_dtype": args.dtype,
+        "ours_dtype": args.dtypes[0],
+        "ours_dtype_requested": args.dtype[0],
+        "other_dtypes": args.dtypes[1:],
     }
     for variant in args.variants:
         rows = run_variant(variant, args)
@@ -192,25 +208,31 @@ def run_variant(variant: str, args) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         hf, tokenizer = build_transformers_model(Path(tmp), variant)
-        ours = MusicGen.from_pretrained(tmp).to(dtype=getattr(torch, args.dtype))
+        loaded = MusicGen.from_pretrained(tmp)
+        ours = {name: copy.deepcopy(loaded).to(dtype=getattr(torch, name)) for name in args.dtypes}
     melody = None
     if variant == "melody":
         melody = {"audio": melody_audio(), "extractor": MusicgenMelodyFeatureExtractor()}
     rows = {}
     for batch in args.batches:
         prompts = [f"upbeat jazz with saxophone, take {i}" for i in range(batch)]
-        time_ours(ours, prompts, 8, melody)  # warm-up
+        for model in ours.values():  # warm-up
+            time_ours(model, prompts, 8, melody)
         time_transformers(hf, tokenizer, prompts, 8, melody)
-        theirs, mine = [], []
-        for _ in range(args.repeats):  # alternate so machine noise hits both alike
+        theirs: list[float] = []
+        mine: dict[str, list[float]] = {name: [] for name in ours}
+        for _ in range(args.repeats):  # alternate so machine noise hits all alike
             theirs.append(time_transformers(hf, tokenizer, prompts, args.steps, melody))
-            mine.append(time_ours(ours, prompts, args.steps, melody))
-        t_theirs, t_mine = statistics.median(theirs), statistics.median(mine)
-        rows[f"batch_{batch}"] = {
-            "ours_steps_per_s": round(args.steps / t_mine, 2),
-            "transformers_steps_per_s": round(args.steps / t_theirs, 2),
-            "ratio": round(t_theirs / t_mine, 3),
-        }
+            for name, model in ours.items():
+                mine[name].append(time_ours(model, prompts, args.steps, melody))
+        t_theirs = statistics.median(theirs)
+        row = {"transformers_steps_per_s": round(args.steps / t_theirs, 2)}
+        for i, (name, times) in enumerate(mine.items()):
+            suffix = "" if i == 0 else f"_{name}"
+            t_mine = statistics.median(times)
+            row[f"ours_steps_per_s{suffix}"] = round(args.steps / t_mine, 2)
+            row[f"ratio{suffix}"] = round(t_theirs / t_mine, 3)
+        rows[f"batch_{batch}"] = row
     return rows
 
 

@@ -33,9 +33,10 @@ def device_args(parser: argparse.ArgumentParser, *, dtype: bool = True) -> None:
     if dtype:
         parser.add_argument(
             "--dtype",
-            choices=["float32", "bfloat16", "float16"],
-            default="float32",
-            help="language model precision (bfloat16 halves memory and is faster where supported)",
+            choices=["auto", "float32", "bfloat16", "float16"],
+            default="auto",
+            help="language model precision (default auto: bfloat16 on a GPU and on a CPU with "
+            "native bf16 (AVX512-BF16 or AMX), else float32; float32 for full precision)",
         )
 
 

@@ -168,14 +168,12 @@ def _output_paths(args: argparse.Namespace, prompts: list[str]) -> list:
 
 
 def _load_model(args: argparse.Namespace):
-    import torch
-
     from music_gen import MusicGen
     from music_gen.errors import UsageError
-    from music_gen.models.generator import pick_device
+    from music_gen.models.generator import pick_device, pick_dtype
 
     device = pick_device(args.device)
-    dtype = getattr(torch, args.dtype)
+    dtype = pick_dtype(args.dtype, device)
     if args.random_init:
         from music_gen.models.codec import build_codec
 

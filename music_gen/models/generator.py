@@ -478,6 +478,32 @@ def pick_device(requested: str | None = None) -> torch.device:
     return device
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU does bf16 arithmetic in hardware (AVX512-BF16 or AMX). Elsewhere
+    bf16 matmuls are emulated and slower than fp32 ones."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def pick_dtype(requested: str, device: torch.device | str) -> torch.dtype:
+    """The language model's dtype for ``requested`` (``auto`` or a name in ``DTYPES``) on
+    ``device``. ``auto`` is bf16 on CUDA and on a CPU with native bf16, fp32 elsewhere.
+
+    The one place that decides ``auto``: the commands and Serve default to it, while the
+    Python API stays fp32 unless asked (its greedy codes equal transformers' fp32 ones)."""
+    if requested != "auto":
+        if requested not in DTYPES:
+            raise UsageError(f"unknown dtype '{requested}' (auto, {', '.join(DTYPES)})")
+        return DTYPES[requested]
+    kind = torch.device(device).type
+    if kind == "cuda" or (kind == "cpu" and cpu_has_native_bf16()):
+        return torch.bfloat16
+    return torch.float32
+
+
 def check_prompts(prompts: str | Sequence[str]) -> list[str]:
     if isinstance(prompts, str):
         prompts = [prompts]

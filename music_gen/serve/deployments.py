@@ -58,15 +58,14 @@ def model_key(info: dict) -> str:
 
 
 def load_model(source: str, device: str, dtype: str):
-    """``(MusicGen, info)`` for ``source`` on ``device`` (bf16 on CUDA unless ``float32``)."""
-    import torch
-
+    """``(MusicGen, info)`` for ``source`` on ``device`` in ``dtype`` (``auto``: see
+    ``pick_dtype``)."""
     from music_gen import MusicGen
+    from music_gen.models.generator import pick_dtype
 
     info = describe_source(source)
     model = MusicGen.from_pretrained(info["load"])
-    use_bf16 = dtype == "bfloat16" or (dtype == "auto" and device.startswith("cuda"))
-    model.to(device, dtype=torch.bfloat16 if use_bf16 else None)
+    model.to(device, dtype=pick_dtype(dtype, device))
     return model, {**info, "key": model_key(info), "device": device, "loaded_at": time.time()}
 
 
