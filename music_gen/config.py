@@ -451,9 +451,9 @@ class ServeConfig(Strict):
     ingress_num_cpus: float = Field(0.1, ge=0)
     """CPUs reserved by the HTTP ingress replica (it only validates and forwards)."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    """Language-model precision: ``auto`` is bf16 on a GPU replica and on a CPU with native
-    bf16 (AVX512-BF16 or AMX), else fp32. In bf16 a seeded request batched with longer
-    prompts (its text padded) may draw other codes than alone; ``float32`` keeps them equal."""
+    """Language-model precision: ``auto`` is bf16 on a GPU replica and fp32 on a CPU one (a
+    seeded request then draws the same codes alone or batched; in bf16 one batched with
+    longer prompts, its text padded, may draw others)."""
     max_batch_size: int = Field(8, gt=0)
     """Requests generated together in one batch on a replica (1: no batching)."""
     batch_wait_timeout_s: float = Field(0.05, ge=0)

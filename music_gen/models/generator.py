@@ -492,8 +492,9 @@ def pick_dtype(requested: str, device: torch.device | str) -> torch.dtype:
     """The language model's dtype for ``requested`` (``auto`` or a name in ``DTYPES``) on
     ``device``. ``auto`` is bf16 on CUDA and on a CPU with native bf16, fp32 elsewhere.
 
-    The one place that decides ``auto``: the commands and Serve default to it, while the
-    Python API stays fp32 unless asked (its greedy codes equal transformers' fp32 ones)."""
+    The one place that decides ``auto``: the commands default to it (Serve too, but its CPU
+    replicas stay fp32: ``serve.deployments.load_model`` says why), while the Python API
+    stays fp32 unless asked (its greedy codes equal transformers' fp32 ones)."""
     if requested != "auto":
         if requested not in DTYPES:
             raise UsageError(f"unknown dtype '{requested}' (auto, {', '.join(DTYPES)})")

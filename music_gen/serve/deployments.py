@@ -58,14 +58,19 @@ def model_key(info: dict) -> str:
 
 
 def load_model(source: str, device: str, dtype: str):
-    """``(MusicGen, info)`` for ``source`` on ``device`` in ``dtype`` (``auto``: see
-    ``pick_dtype``)."""
+    """``(MusicGen, info)`` for ``source`` on ``device`` in ``dtype``: ``auto`` is bf16 on
+    a GPU and fp32 on a CPU. A CPU replica stays fp32 even with native bf16, unlike
+    ``generate``: the server batches unrelated requests, and in bf16 a seeded row batched
+    with longer prompts may draw other codes than alone (``tests/unit/test_dtype.py``)."""
+    import torch
+
     from music_gen import MusicGen
     from music_gen.models.generator import pick_dtype
 
     info = describe_source(source)
     model = MusicGen.from_pretrained(info["load"])
-    model.to(device, dtype=pick_dtype(dtype, device))
+    cpu_auto = dtype == "auto" and not device.startswith("cuda")
+    model.to(device, dtype=torch.float32 if cpu_auto else pick_dtype(dtype, device))
     return model, {**info, "key": model_key(info), "device": device, "loaded_at": time.time()}
 
 
