@@ -512,6 +512,7 @@ def build_pipeline(records: list[dict], cfg: Config, settings: dict):
         batch_size=data.batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=data.num_actors),
+        scheduling_strategy="SPREAD",  # encoders on as many nodes as can hold them
         **resources,
     )
 
