@@ -9,7 +9,7 @@ mel distance of the reconstructions, and whether the reconstructions still sound
 their class (the log-mel classifier of ``evaluate``'s audio adherence, fitted on real
 clips). Prints one JSON line::
 
-    python benchmarks/codec.py                 # about 10 minutes on 2 cores
+    python benchmarks/codec.py                 # about 8 minutes on 2 cores
     python benchmarks/codec.py --steps 100 --clips 32   # a quick look
     python benchmarks/codec.py --adversarial --set codec.train.adversarial_start_step=50
 """
@@ -37,11 +37,13 @@ CLASSES = ("sine_pad", "saw_bass", "bell", "noise_drums")
 CONFIG = Path(__file__).parents[1] / "configs" / "codec" / "offline.yaml"
 
 
-def by_ear(codec_dir: str, seconds: float, per_class: int) -> float:
-    """Share of reconstructed held-out clips the log-mel classifier puts in their class."""
+def by_ear(codec_dir: str, seconds: float, per_class: int) -> tuple[float, dict[str, float]]:
+    """Share of reconstructed held-out clips the log-mel classifier puts in their class,
+    and the SI-SNR (dB) of each class's reconstructions."""
     import torch
 
     from music_gen.models.codec import load_codec
+    from music_gen.models.codec_training import si_snr
     from music_gen.pipelines import adherence
 
     codec = load_codec(codec_dir)
@@ -50,7 +52,10 @@ def by_ear(codec_dir: str, seconds: float, per_class: int) -> float:
     with torch.inference_mode():
         rebuilt = codec.decode(codec.encode(audio))[..., : audio.shape[-1]]
     predicted = classifier.predict(rebuilt)
-    return float((predicted == torch.tensor(targets).numpy()).mean())
+    snr = si_snr(rebuilt, audio)  # [N]
+    labels = torch.tensor(targets)
+    per_class = {c: round(float(snr[labels == k].mean()), 2) for k, c in enumerate(CLASSES)}
+    return float((predicted == labels.numpy()).mean()), per_class
 
 
 def main() -> None:
@@ -99,10 +104,12 @@ def main() -> None:
         scores = {}
         for name in ("kmeans", "trained"):
             result = evaluate_codec(str(root / name), str(root / "heldout"))
+            accuracy, per_class = by_ear(str(root / name), 2.0, 6)
             scores[name] = {
                 "si_snr_db": round(result["si_snr_db"], 2),
                 "mel_distance": round(result["mel_distance"], 4),
-                "by_ear_accuracy": round(by_ear(str(root / name), 2.0, 6), 3),
+                "by_ear_accuracy": round(accuracy, 3),
+                "si_snr_db_by_class": per_class,
             }
     print(
         json.dumps(

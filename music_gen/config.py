@@ -110,8 +110,9 @@ class CodecTrainConfig(Strict):
     """Channels of the first convolution (doubled at each down-sampling)."""
     latent_dim: int = Field(32, gt=0)
     """Width of the latents the residual quantizer sees (the codebook vectors)."""
-    lstm_layers: int = Field(1, ge=0)
-    """LSTM layers at the bottleneck of encoder and decoder."""
+    lstm_layers: int = Field(1, ge=1)
+    """LSTM layers at the bottleneck of encoder and decoder (transformers' Encodec needs one
+    or more)."""
     name: str = "codec"
     """Run name; re-running with the same name and storage resumes from its last checkpoint."""
     storage: str = "work/codec-runs"
@@ -131,8 +132,10 @@ class CodecTrainConfig(Strict):
     """Held-out segments scored at each checkpoint."""
     lr: float = Field(1e-3, gt=0)
     """Peak learning rate of Adam (warmup, then cosine as the LM's schedule)."""
-    betas: tuple[float, float] = (0.5, 0.9)
-    """Adam betas (EnCodec's)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """Adam betas. EnCodec's (0.5, 0.9) suit training against a discriminator; without
+    one they left the reconstructions uncorrelated with their input for hundreds of steps
+    (benchmarks/codec.py)."""
     warmup_steps: int = Field(50, ge=0)
     """Linear warmup from 0 to ``lr``; a cosine decay to ``min_lr_ratio * lr`` follows."""
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
@@ -145,6 +148,14 @@ class CodecTrainConfig(Strict):
     """Weight of the multi-scale log-mel L1 loss."""
     si_snr_weight: float = Field(0.0, ge=0)
     """Weight of a negative SI-SNR loss (in tens of dB); 0: off."""
+    waveform_weight: float = Field(1.0, ge=0)
+    """Weight of the waveform loss: each clip's squared error relative to its energy (the
+    loss that makes reconstructions follow the waveform, so SI-SNR rises)."""
+    unquantized_steps: int = Field(200, ge=0)
+    """Steps the encoder and decoder train as a plain autoencoder before the quantizer
+    comes in; the codebooks are then fitted by k-means on the latents it has learned.
+    An autoencoder learns the waveform in a few hundred steps, where one trained through
+    the quantizer from the start can stay uncorrelated with its input for longer."""
     commitment_weight: float = Field(1.0, ge=0)
     """Weight of the commitment loss (encoder output towards its codebook entries)."""
     codebook_ema: float = Field(0.99, gt=0, lt=1)

@@ -15,8 +15,9 @@ inference path, so ``QuantizedAutoencoder`` runs its training forward here::
     -> decoder -> reconstruction [B, C, S']
 
 Codebooks start from k-means on the latents of the first batches (``calibrate_codec``),
-as EnCodec's own training does. Losses (``reconstruction_losses``): waveform L1 and a
-multi-scale log-mel L1; quality (``si_snr``, ``mel_distance``) is measured the same way
+as EnCodec's own training does, or of the batches after an unquantized warm-up
+(``quantize=False``). Losses (``reconstruction_losses``): the relative squared error of
+the waveform, waveform L1 and a multi-scale log-mel L1; quality (``si_snr``, ``mel_distance``) is measured the same way
 by training (validation) and ``codec evaluate``.
 """
 
@@ -102,6 +103,9 @@ class QuantizedAutoencoder(nn.Module):
 
     ``forward(audio [B, C, S])`` returns ``(reconstruction [B, C, S'], commitment loss,
     codes [B, K, T])``; in training mode each call also moves the codebooks (EMA).
+    ``forward(audio, quantize=False)`` skips the quantizer (the decoder reads the
+    encoder's latents; no commitment, no codes): the autoencoder warm-up before the
+    codebooks are fitted, see ``codec.train.unquantized_steps``.
     """
 
     def __init__(self, model: EncodecModel, ema_decay: float = 0.99, dead_code: float = 2.0):
@@ -115,8 +119,10 @@ class QuantizedAutoencoder(nn.Module):
     def books(self) -> list[nn.Module]:
         return [layer.codebook for layer in self.model.quantizer.layers]
 
-    def forward(self, audio: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, audio: Tensor, quantize: bool = True) -> tuple[Tensor, Tensor, Tensor | None]:
         latents = self.model.encoder(audio)  # [B, D, T]
+        if not quantize:
+            return self.model.decoder(latents), latents.new_zeros(()), None
         batch, dim, frames = latents.shape
         x = latents.transpose(1, 2).reshape(-1, dim)  # [B*T, D]
         residual = x.detach()
@@ -137,6 +143,13 @@ class QuantizedAutoencoder(nn.Module):
         straight = x + (quantized - x).detach()  # [B*T, D], gradients pass to the encoder
         decoded = self.model.decoder(straight.view(batch, frames, dim).transpose(1, 2))
         return decoded, commitment, torch.stack(codes, dim=1)  # [B, C, S'], [], [B, K, T]
+
+    def broadcast_codebooks(self) -> None:
+        """Rank 0's codebooks (and their EMA statistics) on every rank."""
+        if _distributed():
+            for book in self.books:
+                for buffer in (book.embed, book.embed_avg, book.cluster_size):
+                    torch.distributed.broadcast(buffer, 0)
 
     @torch.no_grad()
     def _ema_update(self, book: nn.Module, vectors: Tensor, index: Tensor) -> None:
@@ -197,10 +210,22 @@ class MelLoss(nn.Module):
 
 
 def reconstruction_losses(output: Tensor, target: Tensor, mel_loss: MelLoss) -> dict[str, Tensor]:
-    """``l1`` (waveform) and ``mel`` (multi-scale log-mel) of ``output`` against ``target``,
-    both ``[B, C, S]`` (the output cut to the target's length)."""
+    """``l1`` (waveform), ``mel`` (multi-scale log-mel) and ``waveform`` (the relative
+    squared error of each clip, ``|y - x|^2 / |x|^2`` averaged over clips) of ``output``
+    against ``target``, both ``[B, C, S]`` (the output cut to the target's length).
+
+    ``waveform`` is what makes the reconstruction follow the waveform and not only its
+    spectrum (SI-SNR rises as it falls); normalised per clip, quiet clips count as much
+    as loud ones. Its gradient is useful from the first step, where SI-SNR's (a log of
+    a correlation near zero) is not."""
     output = output[..., : target.shape[-1]]
-    return {"l1": F.l1_loss(output, target), "mel": mel_loss(output, target)}
+    energy = target.pow(2).flatten(1).mean(1).clamp_min(1e-6)  # [B]
+    waveform = ((output - target).pow(2).flatten(1).mean(1) / energy).mean()
+    return {
+        "l1": F.l1_loss(output, target),
+        "mel": mel_loss(output, target),
+        "waveform": waveform,
+    }
 
 
 def si_snr(output: Tensor, target: Tensor, eps: float = 1e-8) -> Tensor:

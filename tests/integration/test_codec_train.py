@@ -20,7 +20,7 @@ TINY = [
     "codec.train.batch_size=4", "codec.train.segment_seconds=0.25", "codec.train.lr=3e-3",
     "codec.train.warmup_steps=0", "codec.train.log_every=2", "codec.train.kmeans_batches=1",
     "codec.train.max_val_segments=4", "codec.train.keep_checkpoints=1",
-    "codec.train.val_fraction=0.3",
+    "codec.train.val_fraction=0.3", "codec.train.unquantized_steps=0",
 ]  # fmt: skip
 
 
@@ -31,6 +31,9 @@ def test_two_workers_train_resume_and_save_a_loadable_codec(
     write_synth_dataset(tmp_path / "audio", 6, 1.0, classes=("sine_pad", "saw_bass"))
     (tmp_path / "audio" / "broken.wav").write_bytes(b"RIFF not really")
     settings = [*TINY, f"codec.train.storage={tmp_path / 'runs'}", "codec.train.name=tiny"]
+    # 4 steps as a plain autoencoder, then the codebooks are fitted on rank 0 and sent to
+    # the other worker.
+    settings.append("codec.train.unquantized_steps=4")
     cfg = load_config(
         overrides=[*settings, "codec.train.steps=10", "codec.train.checkpoint_every=10"]
     )
@@ -38,6 +41,7 @@ def test_two_workers_train_resume_and_save_a_loadable_codec(
     assert (first["start_step"], first["end_step"], first["world_size"]) == (0, 10, 2)
     assert first["files"] == 6 and sum(first["errors"].values()) == 1  # the broken file reported
     assert first["val_segments"] > 0 and first["val_si_snr"] is not None
+    assert "step 4: codebooks fitted, the quantizer comes in" in capsys.readouterr().out
 
     history = tracking.client(first["tracking_uri"]).get_metric_history(
         first["run_id"], "train_mel"

@@ -66,6 +66,41 @@ def test_training_forward_lowers_the_loss_and_moves_codebooks():
     assert torch.equal(TransformersCodec(model).encode(audio), eval_codes)
 
 
+def test_waveform_loss_is_relative_per_clip():
+    audio = clips()
+    audio[0] *= 0.01  # a quiet clip counts as much as a loud one
+    mel = ct.MelLoss(16_000)
+    assert float(ct.reconstruction_losses(audio, audio, mel)["waveform"]) == 0.0
+    assert float(ct.reconstruction_losses(0 * audio, audio, mel)["waveform"]) == pytest.approx(1.0)
+    half = ct.reconstruction_losses(0.5 * audio, audio, mel)["waveform"]
+    assert float(half) == pytest.approx(0.25, rel=1e-4)
+    only_quiet = audio.clone()
+    only_quiet[0] = 0  # the quiet clip alone wrong: a quarter of the loss, not ~0
+    assert float(ct.reconstruction_losses(only_quiet, audio, mel)["waveform"]) == pytest.approx(
+        0.25, rel=1e-4
+    )
+
+
+def test_unquantized_forward_decodes_the_latents_and_learns_the_waveform():
+    torch.manual_seed(0)
+    model = tiny_network()
+    module = ct.QuantizedAutoencoder(model)
+    audio = clips()
+    output, commitment, codes = module(audio, quantize=False)
+    assert codes is None and float(commitment) == 0.0
+    assert torch.equal(output, model.decoder(model.encoder(audio)))
+    optimizer = torch.optim.Adam(module.parameters(), 3e-3)
+    before = float(ct.si_snr(output, audio).mean())
+    for _ in range(100):
+        output, _, _ = module(audio, quantize=False)
+        loss = ct.reconstruction_losses(output, audio, ct.MelLoss(16_000))["waveform"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    after = float(ct.si_snr(module(audio, quantize=False)[0], audio).mean())
+    assert after > before + 20 and after > 5, (before, after)
+
+
 def test_si_snr():
     audio = clips()
     assert float(ct.si_snr(audio, audio).min()) > 60
@@ -98,6 +133,11 @@ def test_saved_directory_round_trips_and_damage_is_refused(tmp_path):
             ["codec.train.adversarial=true", "codec.train.segment_seconds=0.1"],
             "adversarial needs segments of at least 2048 samples",
         ),
+        (
+            ["codec.train.steps=100", "codec.train.unquantized_steps=100"],
+            "codec.train.unquantized_steps (100) must be below codec.train.steps (100)",
+        ),
+        (["codec.train.lstm_layers=0"], "codec.train.lstm_layers"),
     ],
 )
 def test_codec_train_bad_input_is_one_line(tmp_path, capsys, extra, message):

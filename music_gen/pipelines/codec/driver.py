@@ -55,6 +55,12 @@ def plan_codec_run(cfg: Config, input: str, output: str) -> CodecPlan:
             "codec train makes a codec of codec.train.channels; leave codec.channels at 1"
         )
     network = build_network(cfg)  # raises ConfigError for a bad architecture
+    if tc.unquantized_steps >= tc.steps:
+        raise ConfigError(
+            f"codec.train.unquantized_steps ({tc.unquantized_steps}) must be below "
+            f"codec.train.steps ({tc.steps}): the codebooks are fitted when the "
+            "unquantized warm-up ends"
+        )
     samples = round(tc.segment_seconds * tc.sample_rate)
     if tc.adversarial and samples < MIN_SAMPLES:
         raise ConfigError(

@@ -127,6 +127,20 @@ def init_codebooks(model, audio: list) -> None:
     model.train().requires_grad_(True)  # TransformersCodec freezes the model it wraps
 
 
+def fit_codebooks(module, batches, count: int, rank: int) -> None:
+    """Codebooks by k-means on the latents of ``count`` batches, the same on every rank.
+
+    Every rank draws the batches (Ray Data's split streams feed all ranks in step); rank
+    0's are fitted and its codebooks broadcast (DDP only copies buffers at construction,
+    and the fit may come after it: after the unquantized warm-up)."""
+    sample = [to_tensor(next(batches)[2]) for _ in range(count)]
+    if rank == 0:
+        device = next(module.parameters()).device
+        init_codebooks(module.model.cpu(), sample)
+        module.to(device)
+    module.broadcast_codebooks()
+
+
 @torch.no_grad()
 def score(module, mel_loss, batches: list, limit: int, device) -> tuple[dict, list]:
     """Held-out SI-SNR (dB), mel distance and codebook use; plus a few (input, output) pairs."""
@@ -208,12 +222,8 @@ def train_loop_per_worker(config: dict) -> dict | None:
         ray.train.get_dataset_shard("train"),  # [ray]
         tc.batch_size, 1024, tc.seed + 7919 * rank + start, 0, 0,
     )  # fmt: skip
-    if start == 0:
-        # Every rank draws the batches (Ray Data's split streams feed all ranks in step);
-        # rank 0's fit the codebooks.
-        sample = [to_tensor(next(batches)[2]) for _ in range(tc.kmeans_batches)]
-        if rank == 0:
-            init_codebooks(model, sample)
+    if start == 0 and tc.unquantized_steps == 0:
+        fit_codebooks(module, batches, tc.kmeans_batches, rank)
     module.to(device).train()
     wrapped = module
     if world > 1:
@@ -245,12 +255,16 @@ def train_loop_per_worker(config: dict) -> dict | None:
         rows = next(batches)[2]
         audio = to_tensor(rows).to(device)  # [B, C, S]
         set_lr(optimizer, tc.lr * lr_factor(step, tc.warmup_steps, tc.steps, tc.min_lr_ratio))
-        output, commitment, _ = wrapped(audio)
+        if step == tc.unquantized_steps and step > 0:
+            fit_codebooks(module, batches, tc.kmeans_batches, rank)
+            say(f"[codec] step {step}: codebooks fitted, the quantizer comes in")
+        output, commitment, _ = wrapped(audio, quantize=step >= tc.unquantized_steps)
         losses = ct.reconstruction_losses(output, audio, mel_loss)
         losses["commitment"] = commitment
         loss = (
             tc.l1_weight * losses["l1"]
             + tc.mel_weight * losses["mel"]
+            + tc.waveform_weight * losses["waveform"]
             + tc.commitment_weight * commitment
         )
         if tc.si_snr_weight:

@@ -57,6 +57,7 @@ def codec_stage(demo: Demo, bar) -> dict:
         demo, *overrides, f"codec.train.steps={s.codec_steps}", "codec.train.lr=3.0e-3",
         f"codec.train.batch_size={s.codec_batch}", "codec.train.segment_seconds=0.5",
         "codec.train.si_snr_weight=4.0", "codec.train.warmup_steps=20",
+        f"codec.train.unquantized_steps={s.codec_steps // 5}",
         "codec.train.num_workers=1", f"codec.train.cpus_per_worker={WORKER_CPUS}",
         f"codec.train.torch_threads={THREADS}",
         f"codec.train.log_every={max(1, s.codec_steps // 20)}",
