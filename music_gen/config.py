@@ -154,8 +154,10 @@ class CodecTrainConfig(Strict):
     unquantized_steps: int = Field(200, ge=0)
     """Steps the encoder and decoder train as a plain autoencoder before the quantizer
     comes in; the codebooks are then fitted by k-means on the latents it has learned.
-    An autoencoder learns the waveform in a few hundred steps, where one trained through
-    the quantizer from the start can stay uncorrelated with its input for longer."""
+    During the warm-up only the (unweighted) waveform loss counts; the other losses join
+    with the quantizer. An autoencoder learns the waveform in a few hundred steps, where
+    one trained through the quantizer from the start can stay uncorrelated with its input
+    for longer."""
     commitment_weight: float = Field(1.0, ge=0)
     """Weight of the commitment loss (encoder output towards its codebook entries)."""
     codebook_ema: float = Field(0.99, gt=0, lt=1)

@@ -48,6 +48,10 @@ def test_two_workers_train_resume_and_save_a_loadable_codec(
     )
     values = [m.value for m in sorted(history, key=lambda m: m.step)]
     assert len(values) == 5 and values[-1] < values[0]  # the reconstruction loss falls
+    # No quantizer, so no commitment loss, in the warm-up's windows (steps 1-4).
+    client = tracking.client(first["tracking_uri"])
+    commitment = client.get_metric_history(first["run_id"], "train_commitment")
+    assert sorted(m.step for m in commitment) == [6, 8, 10]
 
     codec = load_codec(tmp_path / "codec")
     assert (codec.num_codebooks, codec.cardinality, codec.sample_rate) == (2, 16, 16_000)

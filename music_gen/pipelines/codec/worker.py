@@ -2,8 +2,10 @@
 
 Ray appears only at the lines marked ``# [ray]``. Every rank steps (DDP; the codebook
 statistics are summed over ranks inside the forward); rank 0 initialises the codebooks
-by k-means (DDP then copies them to every rank), scores the held-out segments, logs to
-MLflow and writes the checkpoints, which are codec directories plus ``train_state/``.
+by k-means (and broadcasts them), scores the held-out segments, logs to MLflow and
+writes the checkpoints, which are codec directories plus ``train_state/``. With
+``codec.train.unquantized_steps`` the first steps train a plain autoencoder on the
+waveform loss alone and the codebooks are fitted when the warm-up ends.
 
 With ``codec.train.adversarial`` a multi-scale STFT discriminator trains beside the codec
 (from ``adversarial_start_step``): each step first moves the discriminator on the real
@@ -258,19 +260,25 @@ def train_loop_per_worker(config: dict) -> dict | None:
         if step == tc.unquantized_steps and step > 0:
             fit_codebooks(module, batches, tc.kmeans_batches, rank)
             say(f"[codec] step {step}: codebooks fitted, the quantizer comes in")
-        output, commitment, _ = wrapped(audio, quantize=step >= tc.unquantized_steps)
+        warm = step < tc.unquantized_steps
+        output, commitment, _ = wrapped(audio, quantize=not warm)
         losses = ct.reconstruction_losses(output, audio, mel_loss)
-        losses["commitment"] = commitment
-        loss = (
-            tc.l1_weight * losses["l1"]
-            + tc.mel_weight * losses["mel"]
-            + tc.waveform_weight * losses["waveform"]
-            + tc.commitment_weight * commitment
-        )
-        if tc.si_snr_weight:
-            losses["si_snr"] = ct.si_snr(output, audio).mean()
-            loss = loss - tc.si_snr_weight * losses["si_snr"] / 10
-        if discriminator is not None and step >= tc.adversarial_start_step:
+        if warm:
+            # The waveform loss alone: with SI-SNR's and the mel loss's gradients beside
+            # it the autoencoder did not reliably learn the waveform (benchmarks/codec.py).
+            loss = losses["waveform"]
+        else:
+            losses["commitment"] = commitment
+            loss = (
+                tc.l1_weight * losses["l1"]
+                + tc.mel_weight * losses["mel"]
+                + tc.waveform_weight * losses["waveform"]
+                + tc.commitment_weight * commitment
+            )
+            if tc.si_snr_weight:
+                losses["si_snr"] = ct.si_snr(output, audio).mean()
+                loss = loss - tc.si_snr_weight * losses["si_snr"] / 10
+        if discriminator is not None and not warm and step >= tc.adversarial_start_step:
             output = output[..., : audio.shape[-1]]  # [B, C, S]
             losses["d_loss"] = disc.discriminator_step(
                 wrapped_d, d_optimizer, audio, output, tc.grad_clip

@@ -35,8 +35,8 @@ class Sizes:
     steps on 2 busy cores took 5.4 of the run's 13.6 minutes and reached -2.25 dB
     held-out SI-SNR, its reconstructions classified by ear no better than chance);
     ``--codec train`` trains one anyway (with the autoencoder warm-up of
-    configs/codec/offline.yaml; that config's 1000 steps on 2 workers reach 3.5 dB held-out
-    and 71% by ear in about 7 minutes, benchmarks/codec.py)."""
+    configs/codec/offline.yaml; that config's 1000 steps on 2 workers reach 5.5 dB held-out
+    and 79% by ear in about 6 minutes, benchmarks/codec.py)."""
     codec_steps: int
     """Steps of ``--codec train``."""
     codec_batch: int
