@@ -17,8 +17,8 @@ inference path, so ``QuantizedAutoencoder`` runs its training forward here::
 Codebooks start from k-means on the latents of the first batches (``calibrate_codec``),
 as EnCodec's own training does, or of the batches after an unquantized warm-up
 (``quantize=False``). Losses (``reconstruction_losses``): the relative squared error of
-the waveform, waveform L1 and a multi-scale log-mel L1; quality (``si_snr``, ``mel_distance``) is measured the same way
-by training (validation) and ``codec evaluate``.
+the waveform, waveform L1 and a multi-scale log-mel L1; quality (``si_snr``,
+``mel_distance``) is measured the same way by training (validation) and ``codec evaluate``.
 """
 
 from __future__ import annotations

@@ -123,23 +123,17 @@ def load_discriminator(directory: Path, discriminator, d_optimizer) -> bool:
     return True
 
 
-def init_codebooks(model, audio: list) -> None:
-    """k-means on the latents of a few batches ``[B, C, S]``, as EnCodec's first step does."""
-    calibrate_codec(TransformersCodec(model), audio, iters=10)
-    model.train().requires_grad_(True)  # TransformersCodec freezes the model it wraps
-
-
 def fit_codebooks(module, batches, count: int, rank: int) -> None:
     """Codebooks by k-means on the latents of ``count`` batches, the same on every rank.
 
     Every rank draws the batches (Ray Data's split streams feed all ranks in step); rank
-    0's are fitted and its codebooks broadcast (DDP only copies buffers at construction,
-    and the fit may come after it: after the unquantized warm-up)."""
+    0's are fitted, as EnCodec's first step does, and its codebooks broadcast (the fit
+    comes after DDP's construction, which copies buffers only once)."""
     sample = [to_tensor(next(batches)[2]) for _ in range(count)]
     if rank == 0:
         device = next(module.parameters()).device
-        init_codebooks(module.model.cpu(), sample)
-        module.to(device)
+        calibrate_codec(TransformersCodec(module.model.cpu()), sample, iters=10)
+        module.to(device).train().requires_grad_(True)  # TransformersCodec froze it
     module.broadcast_codebooks()
 
 
@@ -224,8 +218,6 @@ def train_loop_per_worker(config: dict) -> dict | None:
         ray.train.get_dataset_shard("train"),  # [ray]
         tc.batch_size, 1024, tc.seed + 7919 * rank + start, 0, 0,
     )  # fmt: skip
-    if start == 0 and tc.unquantized_steps == 0:
-        fit_codebooks(module, batches, tc.kmeans_batches, rank)
     module.to(device).train()
     wrapped = module
     if world > 1:
@@ -257,9 +249,10 @@ def train_loop_per_worker(config: dict) -> dict | None:
         rows = next(batches)[2]
         audio = to_tensor(rows).to(device)  # [B, C, S]
         set_lr(optimizer, tc.lr * lr_factor(step, tc.warmup_steps, tc.steps, tc.min_lr_ratio))
-        if step == tc.unquantized_steps and step > 0:
+        if step == tc.unquantized_steps:  # a resumed run past it has them in its checkpoint
             fit_codebooks(module, batches, tc.kmeans_batches, rank)
-            say(f"[codec] step {step}: codebooks fitted, the quantizer comes in")
+            if step:
+                say(f"[codec] step {step}: codebooks fitted, the quantizer comes in")
         warm = step < tc.unquantized_steps
         output, commitment, _ = wrapped(audio, quantize=not warm)
         losses = ct.reconstruction_losses(output, audio, mel_loss)
