@@ -325,15 +325,11 @@ def _rows(cfg: Config, client, parent: str, results) -> list[dict]:
     sign = 1 if cfg.tune.mode == "min" else -1
     rows = []
     for result in results:
-        history = result.metrics_dataframe
-        values = []
-        if history is not None and metric in history:
-            values = [float(v) for v in history[metric].dropna()]
         last = result.metrics or {}
         trial_id = last.get("trial_id") or Path(result.path).name
         config = result.config or {}
-        step = int(last["step"]) if last.get("step") is not None else 0
         run = children.get(f"{cfg.tune.name}-{trial_id}")
+        values, step = _reported(result, metric, client, run)
         rows.append({
             "trial_id": trial_id,
             **{key: config.get(key) for key in cfg.tune.search_space},
@@ -356,6 +352,26 @@ def _rows(cfg: Config, client, parent: str, results) -> list[dict]:
             client.set_terminated(run.info.run_id, status="KILLED")
             rows[-1]["run_status"] = "KILLED"
     return sorted(rows, key=lambda r: r["trial_id"])
+
+
+def _reported(result, metric: str, client, run) -> tuple[list[float], int]:
+    """The trial's values of ``metric`` and the last step it reported.
+
+    Tune's record first. It came back empty once in CI for a trial of a resumed sweep
+    (Tune rebuilds it from the trial's result files and gives an empty table when it
+    cannot read them); training logs the same values, at the same steps, to the trial's
+    MLflow run, which then answers."""
+    history = result.metrics_dataframe
+    values = []
+    if history is not None and metric in history:
+        values = [float(v) for v in history[metric].dropna()]
+    last = result.metrics or {}
+    step = int(last["step"]) if last.get("step") is not None else 0
+    if values or run is None:
+        return values, step
+    logged = client.get_metric_history(run.info.run_id, metric)
+    finite = [m.value for m in logged if math.isfinite(m.value)]
+    return finite, max([step, *(m.step for m in logged)])
 
 
 def saved_status(path: str) -> dict[str, str]:

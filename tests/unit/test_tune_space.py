@@ -93,3 +93,25 @@ def test_cli_rejects_a_bad_space_before_ray(capsys, tmp_path):
     code = main(["tune", "--data", str(tmp_path), "tune.search_space={train.lrr: {choice: [1]}}"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and len(err) == 1 and "unknown config key 'train.lrr'" in err[0]
+
+
+def test_trial_metrics_fall_back_to_its_mlflow_run(tmp_path):
+    """Tune's record of a trial can come back empty: the values its training logged to
+    MLflow (at the steps it reported) answer instead; Tune's record wins when it has them."""
+    from types import SimpleNamespace
+
+    import mlflow
+    import pandas as pd
+
+    from music_gen.tune.sweep import _reported
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.create_run(client.create_experiment("trials"))
+    for step, value in [(2, 3.0), (4, 2.5), (6, float("nan"))]:
+        client.log_metric(run.info.run_id, "val_loss", value, step=step)
+    empty = SimpleNamespace(metrics_dataframe=pd.DataFrame(), metrics={"trial_id": "a_00000"})
+    assert _reported(empty, "val_loss", client, run) == ([3.0, 2.5], 6)
+    assert _reported(empty, "val_loss", client, None) == ([], 0)
+    tune_record = pd.DataFrame({"val_loss": [4.0, None], "step": [2, 4]})
+    reported = SimpleNamespace(metrics_dataframe=tune_record, metrics={"step": 4})
+    assert _reported(reported, "val_loss", client, run) == ([4.0], 4)
