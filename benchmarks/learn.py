@@ -42,8 +42,9 @@ MODEL = [
 ]  # fmt: skip
 
 
-def prepare(root: Path, clips: int, seconds: float, cardinality: int) -> str:
-    """Synth WAVs, a codec calibrated on them, and the tokenized dataset (Ray Data)."""
+def prepare(root: Path, clips: int, seconds: float, cardinality: int, codec: str | None) -> str:
+    """Synth WAVs, a codec calibrated on them (or ``codec``, a trained one), and the
+    tokenized dataset (Ray Data)."""
     from music_gen.config import load_config
     from music_gen.pipelines.calibrate import calibrate
     from music_gen.pipelines.synth import write_synth_dataset
@@ -57,8 +58,10 @@ def prepare(root: Path, clips: int, seconds: float, cardinality: int) -> str:
             "data.encode_num_cpus=0.5", "data.decode_num_cpus=0.5", "data.batch_size=16",
         ]
     )  # fmt: skip
-    calibrate(str(root / "audio"), str(root / "codec"), cfg.codec, max_seconds=200.0, seed=0)
-    cfg.codec.source = str(root / "codec")
+    if codec is None:
+        codec = str(root / "codec")
+        calibrate(str(root / "audio"), codec, cfg.codec, max_seconds=200.0, seed=0)
+    cfg.codec.source = codec
     cfg.data.input, cfg.data.output = str(root / "audio"), str(root / "data")
     tokenize(cfg, progress=False)
     return str(root / "data")
@@ -74,6 +77,11 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--per-class", type=int, default=8, help="generations per class")
     parser.add_argument("--workdir", help="keep data and runs here (default: a temp dir)")
+    parser.add_argument(
+        "--codec",
+        help="a trained codec directory (benchmarks/codec.py --workdir W leaves one in "
+        "W/trained) in place of one calibrated by k-means; --cardinality is then its own",
+    )
     args = parser.parse_args()
 
     from music_gen import MusicGen
@@ -87,7 +95,7 @@ def main() -> None:
         root = Path(args.workdir or tmp)
         os.environ.setdefault("MUSIC_GEN_WORK_DIR", str(root / "work"))
         started = time.perf_counter()
-        data = prepare(root, args.clips, args.seconds, args.cardinality)
+        data = prepare(root, args.clips, args.seconds, args.cardinality, args.codec)
         prep_minutes = (time.perf_counter() - started) / 60
 
         cfg = load_config(
@@ -109,11 +117,14 @@ def main() -> None:
 
         model = MusicGen.from_pretrained(summary["checkpoint"])
         started = time.perf_counter()
-        report = prompt_adherence(model, data, per_class=args.per_class, duration=2.0)
+        # Judged on codes, then the same generations decoded and judged on audio.
+        report = prompt_adherence(model, data, per_class=args.per_class, duration=2.0, by_ear=True)
         eval_minutes = (time.perf_counter() - started) / 60
     result = {
         "benchmark": "learn",
         "adherence": round(report["accuracy"], 4),
+        "audio_adherence": round(report["audio"]["accuracy"], 4),
+        "audio_confusion": report["audio"]["confusion"],
         "chance": report["chance"],
         "labels": report["labels"],
         "confusion": report["confusion"],
@@ -124,7 +135,8 @@ def main() -> None:
         "eval_minutes": round(eval_minutes, 2),
         "tokens_per_s": round(summary["tokens_per_s"] or 0.0),
         "clips": args.clips,
-        "cardinality": args.cardinality,
+        "cardinality": model.lm.cfg.cardinality,
+        "codec": "trained" if args.codec else "k-means calibrated",
     }
     print(json.dumps(result))
 

@@ -304,16 +304,21 @@ def prompt_adherence(
     seed: int = 0,
     guidance_scale: float = 3.0,
     batch_size: int = 8,
+    by_ear: bool = False,
 ) -> dict:
     """Does generated music match its prompt? Synthetic datasets only (see module doc).
 
     Returns ``accuracy``, ``confusion`` (rows: prompted class, columns: predicted),
-    ``labels`` and ``chance`` (``1 / len(labels)``).
+    ``labels`` and ``chance`` (``1 / len(labels)``); with ``by_ear``, also ``audio``: the
+    same generations decoded by the codec and judged on audio (``audio_adherence``).
     """
     rows = read_rows(data_dir)
-    report, _ = _prompt_adherence(
+    report, generated = _prompt_adherence(
         model, rows, classes, per_class, duration, seed, guidance_scale, batch_size
     )
+    if by_ear:
+        labels = report["labels"]
+        report["audio"] = audio_adherence(model, generated, labels, per_class, seed, batch_size)
     return report
 
 

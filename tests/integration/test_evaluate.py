@@ -100,6 +100,17 @@ def check_results(results: dict) -> None:
     assert fad["embedding"] == "log-mel" and fad["fake_clips"] == PER_CLASS * NUM_CLASSES
 
 
+def test_prompt_adherence_by_ear_judges_the_same_generations_on_audio(model_dir, data_dir):
+    """The benchmarks' entry point: adherence on codes, and with ``by_ear`` on audio."""
+    model = MusicGen.from_pretrained(model_dir)
+    report = ev.prompt_adherence(model, data_dir, per_class=1, duration=0.3, by_ear=True)
+    by_ear = report["audio"]
+    assert by_ear["labels"] == report["labels"] == list(synth.SYNTH_CLASSES)
+    assert np.array(by_ear["confusion"]).sum(axis=1).tolist() == [1] * NUM_CLASSES
+    assert 0.0 <= by_ear["accuracy"] <= 1.0
+    assert "audio" not in ev.prompt_adherence(model, data_dir, per_class=1, duration=0.3)
+
+
 @pytest.mark.slow
 def test_evaluate_cli_writes_json_and_logs_to_mlflow(
     model_dir, data_dir, tracking, tmp_path, capsys
