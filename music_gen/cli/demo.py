@@ -31,8 +31,8 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
         "--codec",
         choices=["calibrate", "train"],
         help="calibrate the codec by k-means (the default: seconds; its decoder is random, "
-        "so the audio is noise-like) or train one with Ray Train (minutes more, and at the "
-        "demo's steps still below 0 dB SI-SNR)",
+        "so the audio is noise-like) or train one with Ray Train (minutes more: "
+        "configs/codec/offline.yaml's recipe for the demo's steps)",
     )
     p.add_argument("--host", default="127.0.0.1", help="address the server binds")
     p.add_argument("--port", type=int, default=8000, help="port of the server (default 8000)")

@@ -31,12 +31,12 @@ class Sizes:
     """Length of each clip (and of each tokenized segment)."""
     codec: str
     """``calibrate`` (k-means codebooks, random decoder) or ``train`` (Ray Train). Both
-    sizes calibrate: at the demo's sizes a trained codec is not worth its minutes (300
-    steps on 2 busy cores took 5.4 of the run's 13.6 minutes and reached -2.25 dB
-    held-out SI-SNR, its reconstructions classified by ear no better than chance);
+    sizes calibrate: the first run would not fit its 10 minutes (300 steps on 2 busy cores
+    took 5.4 of the run's 13.6 minutes, measured before the autoencoder warm-up, at
+    -2.25 dB held-out SI-SNR);
     ``--codec train`` trains one anyway (with the autoencoder warm-up of
-    configs/codec/offline.yaml; that config's 1000 steps on 2 workers reach 5.5 dB held-out
-    and 79% by ear in about 6 minutes, benchmarks/codec.py)."""
+    configs/codec/offline.yaml; that config's 700 steps on 2 workers reach 7.7 dB held-out
+    and 83% by ear in about 6 minutes, benchmarks/codec.py)."""
     codec_steps: int
     """Steps of ``--codec train``."""
     codec_batch: int
