@@ -281,7 +281,9 @@ def generate_batches(
     return out
 
 
-def _prompt_adherence(model, rows, classes, per_class, duration, seed, guidance_scale, batch_size):
+def _prompt_adherence(
+    model, rows, classes, per_class, duration, seed, guidance_scale, batch_size, by_ear
+):
     """``prompt_adherence`` on rows already read; also returns the generated codes."""
     if per_class < 1 or batch_size < 1:
         raise UsageError("per_class and batch_size must be at least 1")
@@ -292,6 +294,8 @@ def _prompt_adherence(model, rows, classes, per_class, duration, seed, guidance_
     predicted = classify_codes(log_probs, generated)
     report = adherence_report(prompted, predicted.tolist(), labels)
     report.update(per_class=per_class, duration=duration, guidance_scale=guidance_scale)
+    if by_ear:  # the same generations decoded by the codec, classified on log-mels
+        report["audio"] = audio_adherence(model, generated, labels, per_class, seed, batch_size)
     return report, generated
 
 
@@ -313,12 +317,9 @@ def prompt_adherence(
     same generations decoded by the codec and judged on audio (``audio_adherence``).
     """
     rows = read_rows(data_dir)
-    report, generated = _prompt_adherence(
-        model, rows, classes, per_class, duration, seed, guidance_scale, batch_size
+    report, _ = _prompt_adherence(
+        model, rows, classes, per_class, duration, seed, guidance_scale, batch_size, by_ear
     )
-    if by_ear:
-        labels = report["labels"]
-        report["audio"] = audio_adherence(model, generated, labels, per_class, seed, batch_size)
     return report
 
 
@@ -468,13 +469,10 @@ def evaluate(
     )  # fmt: skip
     generation = (settings.duration, settings.seed, settings.guidance_scale, settings.batch_size)
     if all(row_class(row) is not None for row in rows):
-        # The adherence generations double as FAD's generated set.
-        adherence, generated = _prompt_adherence(model, rows, None, settings.per_class, *generation)
-        # The same generations judged by ear: decoded by the codec, classified on log-mels.
-        adherence["audio"] = audio_adherence(
-            model, generated, adherence["labels"], settings.per_class, settings.seed,
-            settings.batch_size,
-        )  # fmt: skip
+        # The adherence generations (judged on codes and by ear) double as FAD's set.
+        adherence, generated = _prompt_adherence(
+            model, rows, None, settings.per_class, *generation, by_ear=True
+        )
     else:
         adherence = {"skipped": "not synthetic data: some rows have no synth class"}
         generated = generate_batches(model, [r["caption"] or "" for r in real], *generation)
