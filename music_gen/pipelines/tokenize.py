@@ -511,9 +511,8 @@ def build_pipeline(records: list[dict], cfg: Config, settings: dict):
         },
         batch_size=data.batch_size,
         batch_format="numpy",
-        # Spread over as many nodes as can hold them: Ray Data's default scheduling
-        # strategy (DataContext.scheduling_strategy, "SPREAD") places the actors so.
         compute=ray.data.ActorPoolStrategy(size=data.num_actors),
+        scheduling_strategy="SPREAD",  # encoders on as many nodes as can hold them
         **resources,
     )
 
