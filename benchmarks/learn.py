@@ -99,12 +99,12 @@ def tokenize_with(root: Path, codec: str, seconds: float) -> str:
     return str(root / "data")
 
 
-def follows_melodies(model, data: str, clips: int) -> dict:
+def follows_melodies(model, data: str, clips: int, val_fraction: float) -> dict:
     """Melody adherence on held-out clips of the pitched classes (drums carry no tune)."""
     from music_gen.pipelines.adherence import row_class
     from music_gen.pipelines.evaluate import melody_adherence, read_rows, split_rows
 
-    _, held = split_rows(read_rows(data), 0.1)  # the files training held out
+    _, held = split_rows(read_rows(data), val_fraction)  # the files training held out
     pitched = [row for row in held if row_class(row) != "noise_drums"][:clips]
     return melody_adherence(model, pitched, 2.0, seed=0, guidance_scale=3.0, batch_size=8)
 
@@ -180,7 +180,9 @@ def main() -> None:
         # Judged on codes, then the same generations decoded and judged on audio.
         report = prompt_adherence(model, data, per_class=args.per_class, duration=2.0, by_ear=True)
         if args.melody:
-            report["melody"] = follows_melodies(model, data, args.melody_clips)
+            report["melody"] = follows_melodies(
+                model, data, args.melody_clips, cfg.data.val_fraction
+            )
         eval_minutes = (time.perf_counter() - started) / 60
     result = {
         "benchmark": "learn",
