@@ -5,6 +5,7 @@ run reuses every stage. Serve's HTTP proxy is the one test_serve starts once per
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -55,7 +56,13 @@ def test_demo_runs_every_stage_then_reuses_them(ray_cluster, tmp_path, capsys):
     # 4-6: a trained checkpoint, two trials, both candidates evaluated
     train, tune = results["train"], results["tune"]
     assert train["steps"] == QUICK.train_steps and (work / "runs" / "demo").is_dir()
-    assert train["val_loss"] < 4.16  # below the uniform guess over 64 codes: ln 64
+    # It learned: the training loss ends below the uniform guess over 64 codes (ln 64).
+    # (Not the val_loss: 10% of 24 clips is one held-out clip, chosen by a hash of its
+    # path, and 40 steps leave that one clip's loss anywhere from 2.2 to 4.4 by its class.)
+    client = MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
+    history = client.get_metric_history(train["run_id"], "train_loss")
+    assert history[-1].step == QUICK.train_steps and history[-1].value < 4.16
+    assert history[-1].value < history[0].value and math.isfinite(train["val_loss"])
     assert len(tune["trials"]) == 2 and all(t["val_loss"] is not None for t in tune["trials"])
     assert tune["best_val_loss"] == min(t["val_loss"] for t in tune["trials"])
     candidates = results["evaluate"]["candidates"]
@@ -66,7 +73,6 @@ def test_demo_runs_every_stage_then_reuses_them(ray_cluster, tmp_path, capsys):
         assert saved["prompt_adherence"]["labels"] == [c for c in SYNTH_CLASSES if c in CLASSES]
 
     # 7: both registered, the lower eval_loss holds production (a fresh store: no refusal)
-    client = MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
     holder = client.get_model_version_by_alias(MODEL_NAME, "production")
     registry = results["registry"]
     best = min(candidates, key=lambda label: candidates[label]["eval_loss"])
