@@ -108,13 +108,6 @@ def tokenize_with(root: Path, codec: str, seconds: float) -> str:
     return str(root / "data")
 
 
-def same_caption(audio: Path, caption: str) -> None:
-    """Give every synth clip under ``audio`` the caption ``caption`` and no key."""
-    for sidecar in audio.glob("*.json"):
-        meta = json.loads(sidecar.read_text())
-        sidecar.write_text(json.dumps({**meta, "description": caption, "key": None}))
-
-
 def follows_melodies(model, data: str, clips: int, val_fraction: float) -> dict:
     """Melody adherence on the clips training held out, at guidance 1 and 3."""
     from music_gen.pipelines.evaluate import melody_adherence, read_rows, split_rows
@@ -171,10 +164,10 @@ def main() -> None:
         from music_gen.pipelines.synth import write_synth_dataset
 
         started = time.perf_counter()
-        classes = (MELODY_CLASS,) if args.melody else CLASSES
-        write_synth_dataset(root / "audio", args.clips, args.seconds, seed=0, classes=classes)
-        if args.melody:
-            same_caption(root / "audio", MELODY_CAPTION)
+        classes, caption = ((MELODY_CLASS,), MELODY_CAPTION) if args.melody else (CLASSES, None)
+        write_synth_dataset(
+            root / "audio", args.clips, args.seconds, seed=0, classes=classes, caption=caption
+        )
         codec, codec_minutes = make_codec(root, args.codec, args.cardinality)
         data = tokenize_with(root, codec, args.seconds)
         prep_minutes = (time.perf_counter() - started) / 60 - codec_minutes

@@ -399,8 +399,12 @@ def write_synth_dataset(
     sample_rate: int = 16000,
     format: str = "wav",
     classes: tuple[str, ...] = SYNTH_CLASSES,
+    caption: str | None = None,
 ) -> list[Path]:
-    """Write ``num_clips`` clips as ``synth-00000.wav`` + ``synth-00000.json``; returns audio paths."""
+    """Write ``num_clips`` clips as ``synth-00000.wav`` + ``synth-00000.json``; returns audio paths.
+
+    ``caption`` gives every clip that one caption and no key, so that nothing but the audio
+    tells the clips apart (a melody model must then take the pitch from the melody)."""
     import torch
 
     from music_gen import outputs
@@ -415,6 +419,8 @@ def write_synth_dataset(
     paths = []
     for index in range(num_clips):
         audio, meta = make_clip(index, seconds, seed, sample_rate, tuple(classes))
+        if caption is not None:
+            meta |= {"description": caption, "key": None}
         path = output / f"{meta['name']}.{format}"
         write_audio(path, torch.from_numpy(audio), sample_rate)
         outputs.write_text(path.with_suffix(".json"), json.dumps(meta, indent=1) + "\n")

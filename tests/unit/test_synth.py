@@ -104,6 +104,17 @@ def test_write_dataset_writes_audio_and_sidecars(tmp_path):
         assert {"description", "genre", "moods", "key", "bpm", "instrument"} <= set(sidecar)
 
 
+def test_one_caption_for_every_clip_drops_the_key_and_keeps_the_rest(tmp_path):
+    paths = synth.write_synth_dataset(
+        tmp_path, num_clips=2, seconds=0.5, classes=("saw_bass",), caption="a bass line"
+    )
+    for index, path in enumerate(paths):
+        sidecar = json.loads(path.with_suffix(".json").read_text())
+        _, meta = synth.make_clip(index, 0.5, classes=("saw_bass",))
+        assert meta["key"] and sidecar["description"] == "a bass line" and sidecar["key"] is None
+        assert sidecar["bpm"] == meta["bpm"] and sidecar["root"] == meta["root"]
+
+
 def test_cli_synth(tmp_path, capsys):
     from music_gen.cli import main
 
