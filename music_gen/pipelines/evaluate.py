@@ -56,7 +56,7 @@ can call on their own:
     it means what it should. Offline, judge the model by loss and code-space adherence.
 
 Which rows are held out: the same source files as training holds out
-(``shards.choose_val_sources``: a stable hash of each file's path against
+(``shards.choose_val_sources``: a stable hash of each file's name and folder against
 ``val_fraction``, by default training's ``data.val_fraction``, whole files on one side),
 so ``split="val"`` scores exactly the rows training validated on. With no held-out rows (``val_fraction`` 0, a single file) the
 loss falls back to all rows, with a note in the results.

@@ -137,9 +137,17 @@ def batch_codes(batch: dict) -> list[np.ndarray]:
 # --- layout ----------------------------------------------------------------------------------
 
 
+def split_key(source: str) -> bytes:
+    """What decides a file's split: its name and the folder it is in, not where that folder
+    lives, so a dataset moved, copied or written under another temp dir splits the same way
+    (``song_12/audio.wav`` and ``song_13/audio.wav`` still differ)."""
+    parts = source.replace("\\", "/").rstrip("/").split("/")
+    return "/".join(parts[-2:]).encode()
+
+
 def is_validation(source: str, fraction: float) -> bool:
-    """Whole files go to one split, by a stable hash of their path (no leakage)."""
-    return zlib.crc32(source.encode()) % 10_000 < fraction * 10_000
+    """Whole files go to one split, by a stable hash of their name and folder (no leakage)."""
+    return zlib.crc32(split_key(source)) % 10_000 < fraction * 10_000
 
 
 def choose_val_sources(sources: Sequence[str], fraction: float) -> set[str]:
@@ -148,9 +156,9 @@ def choose_val_sources(sources: Sequence[str], fraction: float) -> set[str]:
     unique = sorted(set(sources))
     chosen = {s for s in unique if is_validation(s, fraction)}
     if not chosen and fraction > 0 and len(unique) > 1:
-        chosen = {min(unique, key=lambda s: zlib.crc32(s.encode()))}
+        chosen = {min(unique, key=lambda s: (zlib.crc32(split_key(s)), s))}
     if len(chosen) == len(unique):
-        chosen.discard(max(unique, key=lambda s: zlib.crc32(s.encode())))
+        chosen.discard(max(unique, key=lambda s: (zlib.crc32(split_key(s)), s)))
     return chosen
 
 

@@ -243,6 +243,16 @@ def test_validation_sources_are_whole_files_and_never_all():
     assert T.choose_val_sources(["only"], 0.5) == set()
 
 
+def test_the_split_follows_a_files_name_and_folder_not_where_the_dataset_lives():
+    names = [f"clips/clip_{i:04d}.wav" for i in range(100)]
+    here = T.choose_val_sources([f"/tmp/pytest-1/a/{n}" for n in names], 0.2)
+    moved = T.choose_val_sources([f"s3://bucket/x/{n}" for n in names], 0.2)
+    assert {s.split("/x/")[1] for s in moved} == {s.split("/a/")[1] for s in here}
+    # one file name in many folders (``song_N/audio.wav``): each folder is decided alone
+    songs = [f"/data/song_{i}/audio.wav" for i in range(100)]
+    assert 5 <= len(T.choose_val_sources(songs, 0.2)) <= 40
+
+
 def test_worker_error_surfaces_the_root_cause_as_one_line():
     from ray.train import WorkerGroupError
 
