@@ -42,7 +42,6 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
-import zlib
 from collections import Counter
 from collections.abc import Sequence
 
@@ -145,9 +144,16 @@ def split_key(source: str) -> bytes:
     return "/".join(parts[-2:]).encode()
 
 
+def split_hash(source: str) -> int:
+    """A stable, well-spread hash of ``split_key`` in [0, 10000). (CRC32 is linear: names
+    one digit apart, ``synth-00001.wav``, ``synth-00002.wav``, clustered, and 10 of 24 such
+    files fell below a 0.2 cut.)"""
+    return int.from_bytes(hashlib.sha1(split_key(source)).digest()[:8], "big") % 10_000
+
+
 def is_validation(source: str, fraction: float) -> bool:
     """Whole files go to one split, by a stable hash of their name and folder (no leakage)."""
-    return zlib.crc32(split_key(source)) % 10_000 < fraction * 10_000
+    return split_hash(source) < fraction * 10_000
 
 
 def choose_val_sources(sources: Sequence[str], fraction: float) -> set[str]:
@@ -156,9 +162,9 @@ def choose_val_sources(sources: Sequence[str], fraction: float) -> set[str]:
     unique = sorted(set(sources))
     chosen = {s for s in unique if is_validation(s, fraction)}
     if not chosen and fraction > 0 and len(unique) > 1:
-        chosen = {min(unique, key=lambda s: (zlib.crc32(split_key(s)), s))}
+        chosen = {min(unique, key=lambda s: (split_hash(s), s))}
     if len(chosen) == len(unique):
-        chosen.discard(max(unique, key=lambda s: (zlib.crc32(split_key(s)), s)))
+        chosen.discard(max(unique, key=lambda s: (split_hash(s), s)))
     return chosen
 
 
