@@ -70,7 +70,7 @@ def _keep(batch, val_sources: list[str], validation: bool):
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    held_out = pc.is_in(batch["source_id"], value_set=pa.array(val_sources, pa.string()))
+    held_out = pc.is_in(batch["path"], value_set=pa.array(val_sources, pa.string()))
     keep = pc.and_(pc.equal(batch["stage"], ""), held_out if validation else pc.invert(held_out))
     return batch.filter(keep).select(list(COLUMNS))
 
@@ -87,15 +87,15 @@ def decode_audio(cfg: Config, input: str, num_cpus: float = 0.5) -> Audio:
     decoded = ds.flat_map(
         decode_segments, fn_kwargs={"settings": decode_settings(cfg)}, num_cpus=num_cpus
     ).materialize()
-    summary = decoded.select_columns(["source_id", "stage", "reason"]).take_all()
+    summary = decoded.select_columns(["path", "stage", "reason"]).take_all()
     errors = Counter(r["reason"] for r in broken)
     errors.update(r["reason"] for r in summary if r["stage"])
-    good = sorted({r["source_id"] for r in summary if not r["stage"]})
+    good = sorted({r["path"] for r in summary if not r["stage"]})  # split by path, as the LM
     if not good:
         why = ", ".join(f"{n} {reason}" for reason, n in errors.most_common()) or "none decoded"
         raise MusicGenError(f"no usable audio in {input} ({why})")
     val_sources = sorted(shards.choose_val_sources(good, cfg.codec.train.val_fraction))
-    counts = Counter(r["source_id"] in val_sources for r in summary if not r["stage"])
+    counts = Counter(r["path"] in val_sources for r in summary if not r["stage"])
 
     def split(validation: bool):
         return decoded.map_batches(
