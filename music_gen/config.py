@@ -272,7 +272,8 @@ class DataConfig(Strict):
     max_error_fraction: float = Field(0.1, ge=0.0, le=1.0)
     """Fail the run when more than this share of files is bad."""
     val_fraction: float = Field(0.05, ge=0.0, lt=1.0)
-    """Share of segments held out for validation while training."""
+    """Share of the source files held out for validation (whole files, picked by a hash of each
+    file's name and folder, so the same files wherever the dataset lives)."""
 
 
 class LoraConfig(Strict):
