@@ -152,19 +152,20 @@ def split_hash(source: str) -> int:
 
 
 def is_validation(source: str, fraction: float) -> bool:
-    """Whole files go to one split, by a stable hash of their name and folder (no leakage)."""
+    """Whole files go to one split, by a stable hash of their name and folder (no leakage).
+    ``choose_val_sources`` applies the same cut to every file at once."""
     return split_hash(source) < fraction * 10_000
 
 
 def choose_val_sources(sources: Sequence[str], fraction: float) -> set[str]:
     """The validation files; at least one when ``fraction`` > 0 and there are two files or more,
     never all of them."""
-    unique = sorted(set(sources))
-    chosen = {s for s in unique if is_validation(s, fraction)}
-    if not chosen and fraction > 0 and len(unique) > 1:
-        chosen = {min(unique, key=lambda s: (split_hash(s), s))}
-    if len(chosen) == len(unique):
-        chosen.discard(max(unique, key=lambda s: (split_hash(s), s)))
+    ranked = sorted((split_hash(s), s) for s in set(sources))  # each file hashed once
+    chosen = {s for h, s in ranked if h < fraction * 10_000}
+    if not chosen and fraction > 0 and len(ranked) > 1:
+        chosen = {ranked[0][1]}
+    if ranked and len(chosen) == len(ranked):
+        chosen.discard(ranked[-1][1])
     return chosen
 
 
