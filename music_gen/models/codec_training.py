@@ -45,6 +45,7 @@ def encodec_config(
     lstm_layers: int,
     num_codebooks: int,
     cardinality: int,
+    pad_mode: str = "reflect",
 ) -> EncodecConfig:
     """The ``EncodecConfig`` of a codec to train; user mistakes are one-line ``ConfigError``s."""
     from music_gen.models.codec import _bandwidth_for
@@ -72,6 +73,7 @@ def encodec_config(
         use_causal_conv=False,
         use_conv_shortcut=False,
         normalize=False,
+        pad_mode=pad_mode,
     )
     if config.num_quantizers != num_codebooks:  # transformers derives it from the bandwidth
         raise ConfigError(

@@ -101,6 +101,19 @@ def test_unquantized_forward_decodes_the_latents_and_learns_the_waveform():
     assert after > before + 20 and after > 5, (before, after)
 
 
+def test_zero_padding_is_saved_with_the_codec(tmp_path):
+    model = build_network(load_config(overrides=[*TINY, "codec.train.pad_mode=constant"]))
+    calibrate_codec(TransformersCodec(model), [clips()], iters=3)
+    save_encodec(model, tmp_path / "codec")
+    reloaded = load_codec(tmp_path / "codec")
+    assert reloaded.model.config.pad_mode == "constant"  # decoding pads as training did
+    assert torch.equal(reloaded.encode(clips()), TransformersCodec(model).encode(clips()))
+    reflecting = tiny_network()
+    reflecting.load_state_dict(model.state_dict())  # same weights, other padding
+    assert not torch.equal(TransformersCodec(reflecting).decode(reloaded.encode(clips())),
+                           reloaded.decode(reloaded.encode(clips())))  # fmt: skip
+
+
 def test_si_snr():
     audio = clips()
     assert float(ct.si_snr(audio, audio).min()) > 60

@@ -56,7 +56,7 @@ def build_network(cfg: Config):
     tc = cfg.codec.train
     config = ct.encodec_config(
         tc.sample_rate, tc.channels, tc.ratios, tc.num_filters, tc.latent_dim,
-        tc.lstm_layers, cfg.codec.num_codebooks, cfg.codec.cardinality,
+        tc.lstm_layers, cfg.codec.num_codebooks, cfg.codec.cardinality, tc.pad_mode,
     )  # fmt: skip
     return ct.build_model(config, tc.seed)
 

@@ -35,8 +35,8 @@ class Sizes:
     took 5.4 of the run's 13.6 minutes, measured before the autoencoder warm-up, at
     -2.25 dB held-out SI-SNR);
     ``--codec train`` trains one anyway (with the autoencoder warm-up of
-    configs/codec/offline.yaml; that config's 700 steps on 2 workers reach 7.7 dB held-out
-    and 83% by ear in about 6 minutes, benchmarks/codec.py)."""
+    configs/codec/offline.yaml; that config's 700 steps on 2 workers reach 4.2 to 7.7 dB
+    held-out and about 80% by ear in 6 to 8 minutes, benchmarks/codec.py)."""
     codec_steps: int
     """Steps of ``--codec train``."""
     codec_batch: int

@@ -55,7 +55,7 @@ def codec_stage(demo: Demo, bar) -> dict:
     # configs/codec/offline.yaml's codec and losses, for fewer steps on one worker.
     cfg = config(
         demo, *overrides, f"codec.train.steps={s.codec_steps}", "codec.train.lr=3.0e-3",
-        "codec.train.num_filters=12",
+        "codec.train.num_filters=12", "codec.train.pad_mode=constant",
         f"codec.train.batch_size={s.codec_batch}", "codec.train.segment_seconds=0.5",
         "codec.train.si_snr_weight=4.0", "codec.train.warmup_steps=20",
         f"codec.train.unquantized_steps={s.codec_steps // 5}",
