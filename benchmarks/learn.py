@@ -12,7 +12,7 @@ codec, by the log-mel classifier fitted on real clips (``audio_adherence``). Cha
 ``--codec`` names one; ``--codec kmeans`` is the old baseline, whose random decoder
 makes audio adherence meaningless. Prints one JSON line::
 
-    python benchmarks/learn.py                      # about 14 minutes on 2 cores
+    python benchmarks/learn.py                      # about 15 minutes on 2 cores
     python benchmarks/learn.py --workdir W          # keeps W/codec-trained for next time
     python benchmarks/learn.py --codec kmeans --steps 300 --clips 80   # a quick look
 
