@@ -27,9 +27,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 CLIPS, CODEC_CLIPS, SECONDS, VAL_FRACTION = 640, 240, 2.0, 0.1
 CAPTION = "a sawtooth bass line"
 OFFLINE_CODEC = Path(__file__).parents[2] / "configs" / "codec" / "offline.yaml"
+# Reflection padding, as when this test was tuned: with the offline config's zero padding
+# the short codec followed pitch less well (chroma 0.21 against 0.07 mismatched, where
+# reflection gave 0.30 against 0.05; one run each) and one CI run fell under the 2x bar.
 CODEC = [
     "codec.train.steps=120", "codec.train.unquantized_steps=50", "codec.train.num_filters=8",
-    "codec.train.checkpoint_every=120", "codec.train.log_every=60",
+    "codec.train.checkpoint_every=120", "codec.train.log_every=60", "codec.train.pad_mode=reflect",
 ]  # fmt: skip
 MODEL = [
     "model.dim=64", "model.num_layers=2", "model.num_heads=4", "model.max_frames=100",
