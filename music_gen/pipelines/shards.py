@@ -144,24 +144,28 @@ def split_key(source: str) -> bytes:
     return "/".join(parts[-2:]).encode()
 
 
+SPLIT_BUCKETS = 10_000
+"""``split_hash`` lands in [0, SPLIT_BUCKETS); a fraction f holds out the buckets below f * it."""
+
+
 def split_hash(source: str) -> int:
-    """A stable, well-spread hash of ``split_key`` in [0, 10000). (CRC32 is linear: names
+    """A stable, well-spread hash of ``split_key`` in [0, SPLIT_BUCKETS). (CRC32 is linear: names
     one digit apart, ``synth-00001.wav``, ``synth-00002.wav``, clustered, and 10 of 24 such
     files fell below a 0.2 cut.)"""
-    return int.from_bytes(hashlib.sha1(split_key(source)).digest()[:8], "big") % 10_000
+    return int.from_bytes(hashlib.sha1(split_key(source)).digest()[:8], "big") % SPLIT_BUCKETS
 
 
 def is_validation(source: str, fraction: float) -> bool:
     """Whole files go to one split, by a stable hash of their name and folder (no leakage).
     ``choose_val_sources`` applies the same cut to every file at once."""
-    return split_hash(source) < fraction * 10_000
+    return split_hash(source) < fraction * SPLIT_BUCKETS
 
 
 def choose_val_sources(sources: Sequence[str], fraction: float) -> set[str]:
     """The validation files; at least one when ``fraction`` > 0 and there are two files or more,
     never all of them."""
     ranked = sorted((split_hash(s), s) for s in set(sources))  # each file hashed once
-    chosen = {s for h, s in ranked if h < fraction * 10_000}
+    chosen = {s for h, s in ranked if h < fraction * SPLIT_BUCKETS}
     if not chosen and fraction > 0 and len(ranked) > 1:
         chosen = {ranked[0][1]}
     if ranked and len(chosen) == len(ranked):
