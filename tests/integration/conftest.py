@@ -20,8 +20,11 @@ NUM_CPUS = 2
 def ray_cluster():
     import ray
 
+    from music_gen.platform.cluster import local_cluster_env
+
     started = False
     if not ray.is_initialized():
+        local_cluster_env()  # as `music-gen` starts a local cluster
         ray.init(
             address="local",
             num_cpus=NUM_CPUS,

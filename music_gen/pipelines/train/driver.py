@@ -251,31 +251,36 @@ def _split(batch, val_sources: list[str], validation: bool):
     return batch.filter(keep).drop_columns(["source"])
 
 
-MATERIALIZE_BYTES = 64 * 1024**2
-"""Datasets whose codes take less than this are read once and kept in the object store:
-an epoch of a few rows would otherwise cost a new read of the shards every few steps."""
+IN_MEMORY_BYTES = 64 * 1024**2
+"""Datasets whose codes take less than this are read here once and kept in the object store:
+an epoch of a few rows would otherwise cost a new read of the shards every few steps, and
+each Ray Data read of Parquet starts its own pool of footer-reading actors."""
 
 
 def build_datasets(plan: Plan) -> dict:
-    """Train and validation Ray Datasets streaming from the shards (small ones materialized)."""
+    """Train and validation Ray Datasets: small ones read here into the object store (a
+    block per shard), larger ones streaming from the shards."""
+    import pyarrow.parquet as pq
     import ray.data
 
     columns = [*columns_for(plan.chroma), "source"]
-    ds = ray.data.read_parquet(plan.shard_paths, columns=columns, num_cpus=0.25)
     val_sources = plan.val_sources
-
-    def split(validation: bool):
-        return ds.map_batches(
+    if plan.code_bytes < IN_MEMORY_BYTES:
+        tables = [pq.read_table(path, columns=columns) for path in plan.shard_paths]
+        return {
+            name: ray.data.from_arrow([_split(t, val_sources, validation) for t in tables])
+            for name, validation in (("train", False), ("val", True))
+        }
+    ds = ray.data.read_parquet(plan.shard_paths, columns=columns, num_cpus=0.25)
+    return {
+        name: ds.map_batches(
             _split,
             batch_format="pyarrow",
             fn_kwargs={"val_sources": val_sources, "validation": validation},
             num_cpus=0.25,
         )
-
-    datasets = {"train": split(False), "val": split(True)}
-    if plan.code_bytes < MATERIALIZE_BYTES:
-        datasets = {name: ds.materialize() for name, ds in datasets.items()}
-    return datasets
+        for name, validation in (("train", False), ("val", True))
+    }
 
 
 def _tracking_uri(cfg: Config) -> str:
