@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 from ray.cluster_utils import Cluster
-from ray.util.state import list_actors
+from ray.util.state import list_actors, list_workers
 
 from music_gen.cli import main
 from music_gen.pipelines import shards
@@ -62,16 +62,17 @@ def joined(ray_cluster, tmp_path) -> dict[str, str]:
 def actor_nodes(ray_cluster, fragment: str, count: int, wait_s: float = 20.0) -> set[str]:
     """Nodes on which actors whose class name contains ``fragment`` ran (alive or not).
 
-    Polls for up to ``wait_s`` until ``count`` nodes show. In one CI run the state API (read
-    through the dashboard) gave a node for only one of two encoder actors, though the
-    raylets' logs show one started on each of two nodes; if its view trails the finished
-    job, polling covers it, and if not, the failure lists what it saw. (The actors' creation
-    tasks carry no node id there, so they are no second source.)"""
+    The state API can leave a dead actor's node empty (seen in CI and locally: one of two
+    encoder actors, both DEAD once the job ended, had a pid but no node id). Such an actor's
+    node is then read from the worker table by its pid. Polls for up to ``wait_s`` until
+    ``count`` nodes show; a failure lists what it saw."""
     deadline = time.monotonic() + wait_s
     while True:
         actors = list_actors(address=ray_cluster.address, detail=True, limit=10_000)
         matching = [a for a in actors if fragment in a.class_name]
-        nodes = {a.node_id for a in matching if a.node_id}
+        workers = list_workers(address=ray_cluster.address, detail=True, limit=10_000)
+        node_of_pid = {w.pid: w.node_id for w in workers if w.node_id}
+        nodes = {a.node_id or node_of_pid.get(a.pid) for a in matching} - {None}
         if len(nodes) >= count or time.monotonic() > deadline:
             assert len(nodes) == count, [(a.state, a.node_id, a.pid) for a in matching]
             return nodes
