@@ -511,8 +511,9 @@ def build_pipeline(records: list[dict], cfg: Config, settings: dict):
         },
         batch_size=data.batch_size,
         batch_format="numpy",
+        # Ray Data places its actors with its context's strategy, SPREAD unless a user
+        # changed it: encoders go to as many nodes as can hold them.
         compute=ray.data.ActorPoolStrategy(size=data.num_actors),
-        scheduling_strategy="SPREAD",  # encoders on as many nodes as can hold them
         **resources,
     )
 

@@ -1,7 +1,8 @@
 """A small data -> train run through the real command line prints only our own lines.
 
-Each command is its own process starting its own local Ray cluster, as a user's would:
-Ray's output (workers' copies of the progress, Ray Data's execution plans, start-up
+Tokenization and training each run as their own process starting its own local Ray
+cluster, as a user's would (the audio and the codec they need are made in this process,
+without Ray, to save two Python start-ups): Ray's output (workers' copies of the progress, Ray Data's execution plans, start-up
 notices) must stay in Ray's log folder.
 """
 
@@ -11,9 +12,13 @@ import sys
 
 import pytest
 
+from music_gen.cli import main
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-RAY_NOISE = ("pid=", "repeated", "core_worker", "Token authentication", "Traceback", "WARNING")
+RAY_NOISE = (
+    "pid=", "repeated", "core_worker", "Token authentication", "Traceback", "WARNING", "Warning",
+)  # fmt: skip
 
 
 def music_gen(*args, cwd, env) -> str:
@@ -35,9 +40,10 @@ def test_data_then_train_print_only_our_lines(tmp_path):
     env.update(MUSIC_GEN_WORK_DIR=str(tmp_path / "work"), PYTHONPATH=os.getcwd())
     env.pop("MLFLOW_TRACKING_URI", None)
     run = {"cwd": tmp_path, "env": env}
-    music_gen("data", "synth", "-o", "audio", "--num-clips", "12", "--seconds", "1.5", **run)
-    music_gen("codec", "calibrate", "-i", "audio", "-o", "codec", "codec.num_codebooks=4",
-              "codec.cardinality=64", "--max-seconds", "18", **run)  # fmt: skip
+    audio, codec = str(tmp_path / "audio"), str(tmp_path / "codec")
+    assert main(["data", "synth", "-o", audio, "--num-clips", "12", "--seconds", "1.5"]) == 0
+    assert main(["codec", "calibrate", "-i", audio, "-o", codec, "codec.num_codebooks=4",
+                 "codec.cardinality=64", "--max-seconds", "18"]) == 0  # fmt: skip
     tokenized = music_gen(
         "data", "tokenize", "-i", "audio", "-o", "tokens", "--codec", "codec", "--no-progress",
         "data.num_actors=1", "data.encode_num_cpus=0.5", "data.decode_num_cpus=0.25", **run,
