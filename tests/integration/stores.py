@@ -23,6 +23,12 @@ from music_gen.platform import tracking
 STORES = ["sqlite", "postgres"]
 
 
+def cluster_store() -> str:
+    """The store a cluster would run (postgres) where this machine has PostgreSQL, else
+    sqlite: for a test too slow to run on both."""
+    return "postgres" if _pg_bin("initdb") and _pg_bin("pg_ctl") else "sqlite"
+
+
 def _pg_bin(name: str) -> str | None:
     found = shutil.which(name)
     if found:

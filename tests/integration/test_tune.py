@@ -1,6 +1,9 @@
-"""`music-gen tune` on the session's Ray cluster (2 CPUs), on both MLflow stores.
+"""`music-gen tune` on the session's Ray cluster (2 CPUs), on the MLflow store a cluster
+runs (an ``mlflow server`` on PostgreSQL; sqlite where the machine has no PostgreSQL).
 
-One sweep per store: 4 trials (a grid of a hopeless and a good learning rate, twice)
+One sweep costs minutes on two cores, so it runs on one store: the embedded sqlite store
+sweeps in test_demo (the laptop default) and in test_multinode (trials on two nodes).
+One sweep: 4 trials (a grid of a hopeless and a good learning rate, twice)
 of a tiny model, 2 at a time. The sweep is interrupted after three trials end
 (SIGUSR1, Tune's own graceful stop) and re-run: finished trials are not re-run, the last
 completes, ASHA stops the weak ones early, every trial's run is nested under the sweep's
@@ -18,7 +21,7 @@ from music_gen.cli import main
 from music_gen.config import load_config
 from music_gen.platform import registry, tracking
 from music_gen.tune.sweep import SWEEP_TAG, sweep
-from tests.integration.stores import STORES, postgres_server, postgres_uri, use_store  # noqa: F401
+from tests.integration.stores import cluster_store, postgres_server, postgres_uri, use_store  # noqa: F401
 from tests.integration.test_train import TINY, data_dir  # noqa: F401  (the tiny dataset)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -26,7 +29,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 STEPS = 6
 
 
-@pytest.fixture(scope="module", params=STORES)
+@pytest.fixture(scope="module", params=[cluster_store()])
 def store(request, tmp_path_factory):
     work = tmp_path_factory.mktemp(f"work-{request.param}")
     patch = use_store(request, request.param, work)
