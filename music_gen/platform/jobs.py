@@ -296,7 +296,12 @@ def runtime_env(
 
 
 def entrypoint(command: list[str]) -> str:
-    """The shell command the cluster runs: ``python -m music_gen.cli <command>``."""
+    """The shell command the cluster runs: ``exec python -m music_gen.cli <command>``.
+
+    ``exec``: the job's process is Python itself, not a shell with Python as its child.
+    Ray stops a job by signalling its process and the children it finds at that moment;
+    a stop that came before the shell had started Python left the command running
+    on, orphaned (seen in CI: a stopped `data synth` job writing clips for minutes)."""
     if not command:
         raise UsageError(
             "nothing to submit: give a music-gen command after --, e.g. "
@@ -304,7 +309,7 @@ def entrypoint(command: list[str]) -> str:
         )
     if command[0] in ("music-gen", "music_gen"):
         command = command[1:]  # `submit -- music-gen train` means the same as `-- train`
-    return "python -m music_gen.cli " + shlex.join(command)
+    return "exec python -m music_gen.cli " + shlex.join(command)
 
 
 def parse_env(pairs: list[str]) -> dict[str, str]:

@@ -197,6 +197,11 @@ def test_stop_a_running_job_then_follow_its_logs(head, tmp_path):
     assert stop.returncode == 0 and f"stop requested for {job_id}" in stop.stdout
     followed = cli("submit", "--address", head.url, "logs", job_id, "--follow", token=head.token)
     assert followed.returncode == 1 and f"job {job_id} STOPPED" in followed.stderr
+    # Stopped means stopped: nothing goes on writing clips once the job is STOPPED.
+    written = lambda: len(list((tmp_path / "many").glob("*")))  # noqa: E731
+    before = written()
+    time.sleep(3.0)
+    assert written() == before, "the stopped job's command is still running"
 
 
 def test_unknown_job_and_address_precedence(head):
@@ -233,5 +238,5 @@ def test_runtime_env_carries_the_project_and_not_the_clutter():
     assert spec["env_vars"]["MLFLOW_DISABLE_TELEMETRY"] == "true"
     assert spec["env_vars"]["EXTRA"] == "1"
     assert jobs.entrypoint(["music-gen", "train", "train.lr=3e-4", "a b"]) == (
-        "python -m music_gen.cli train train.lr=3e-4 'a b'"
+        "exec python -m music_gen.cli train train.lr=3e-4 'a b'"
     )
