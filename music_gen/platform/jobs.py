@@ -299,9 +299,9 @@ def entrypoint(command: list[str]) -> str:
     """The shell command the cluster runs: ``exec python -m music_gen.cli <command>``.
 
     ``exec``: the job's process is Python itself, not a shell with Python as its child.
-    Ray stops a job by signalling its process and the children it finds at that moment;
-    a stop that came before the shell had started Python left the command running
-    on, orphaned (seen in CI: a stopped `data synth` job writing clips for minutes)."""
+    Ray stops a job by signalling its process and the children it finds at that moment,
+    so a Python child the shell started later could outlive the stop (seen in CI: a
+    stopped `data synth` job went on writing clips for minutes, orphaned)."""
     if not command:
         raise UsageError(
             "nothing to submit: give a music-gen command after --, e.g. "

@@ -2,8 +2,8 @@
 
 Tokenization and training each run as their own process starting its own local Ray
 cluster, as a user's would (the audio and the codec they need are made in this process,
-without Ray, to save two Python start-ups): Ray's output (workers' copies of the progress, Ray Data's execution plans, start-up
-notices) must stay in Ray's log folder.
+without Ray, to save two Python start-ups): Ray's output (workers' copies of the progress,
+Ray Data's execution plans, start-up notices) must stay in Ray's log folder.
 """
 
 import os

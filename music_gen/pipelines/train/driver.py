@@ -265,11 +265,12 @@ def build_datasets(plan: Plan) -> dict:
 
     columns = [*columns_for(plan.chroma), "source"]
     val_sources = plan.val_sources
+    splits = {"train": False, "val": True}  # name -> whether it is the validation split
     if plan.code_bytes < IN_MEMORY_BYTES:
         tables = [pq.read_table(path, columns=columns) for path in plan.shard_paths]
         return {
             name: ray.data.from_arrow([_split(t, val_sources, validation) for t in tables])
-            for name, validation in (("train", False), ("val", True))
+            for name, validation in splits.items()
         }
     ds = ray.data.read_parquet(plan.shard_paths, columns=columns, num_cpus=0.25)
     return {
@@ -279,7 +280,7 @@ def build_datasets(plan: Plan) -> dict:
             fn_kwargs={"val_sources": val_sources, "validation": validation},
             num_cpus=0.25,
         )
-        for name, validation in (("train", False), ("val", True))
+        for name, validation in splits.items()
     }
 
 
