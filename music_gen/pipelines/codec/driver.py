@@ -85,10 +85,10 @@ def _tracking_cfg(cfg: Config) -> Config:
 def build_codec_trainer(cfg: Config, plan: CodecPlan, audio, run_id, uri, relay=None):
     from ray.train import DataConfig
 
-    from music_gen.pipelines.train.driver import _fail_fast_trainer_class, run_settings
+    from music_gen.platform.trainer import fail_fast_trainer_class, run_settings
 
     tc = cfg.codec.train
-    return _fail_fast_trainer_class()(
+    return fail_fast_trainer_class()(
         train_loop_per_worker,
         train_loop_config={
             "cfg": cfg.model_dump(mode="json"),
@@ -107,8 +107,8 @@ def train_codec(cfg: Config, input: str, output: str) -> dict:
     the last checkpoint's codec goes to ``output``. Returns a summary."""
     from ray.train import TrainingFailedError
 
-    from music_gen.pipelines.train.driver import worker_error
     from music_gen.platform import cluster, tracking
+    from music_gen.platform.trainer import worker_error
 
     started = time.perf_counter()
     plan = plan_codec_run(cfg, input, output)

@@ -24,6 +24,7 @@ from music_gen.pipelines import checkpoints, shards
 from music_gen.pipelines.train import resume
 from music_gen.pipelines.train.step import columns_for
 from music_gen.pipelines.train.worker import VAL_METRIC, train_loop_per_worker
+from music_gen.platform.trainer import fail_fast_trainer_class, run_settings, worker_error
 
 
 @dataclass
@@ -290,87 +291,6 @@ def _tracking_uri(cfg: Config) -> str:
     return tracking_uri(cfg.train.tracking_uri)
 
 
-def _fail_fast_trainer_class():
-    """``TorchTrainer`` whose failure policy never retries a ``MusicGenError``.
-
-    Ray Train's policy retries every worker failure up to ``max_failures``; a user or
-    data error would fail the same way each time (a minute of retries, a screen of
-    tracebacks). Ray takes no policy of ours through its public API, so the trainer
-    hands the controller a wrapper of the default one (a private hook of Ray 2.60).
-    """
-    from ray.train.torch import TorchTrainer
-
-    class FailFastTorchTrainer(TorchTrainer):
-        interrupted = False  # set by the first Ctrl-C
-
-        def _initialize_and_run_controller(self, **controller_init_kwargs):
-            policy = controller_init_kwargs["failure_policy"]
-            controller_init_kwargs["failure_policy"] = _user_errors_fail_fast(policy)
-            return super()._initialize_and_run_controller(**controller_init_kwargs)
-
-        def _register_sigint_handler(self, controller):
-            """Ctrl-C aborts the run (Ray's handler would ``sys.exit`` from inside the
-            wait, which leaves the driver no way to say where the run stopped): the first
-            asks the controller to abort and lets ``fit`` end, a second stops waiting."""
-
-            def on_sigint(signum, frame):
-                if self.interrupted:
-                    raise KeyboardInterrupt
-                self.interrupted = True
-                controller.abort.remote()
-
-            signal.signal(signal.SIGINT, on_sigint)
-
-    return FailFastTorchTrainer
-
-
-def _user_errors_fail_fast(default):
-    from ray.train.v2._internal.execution.failure_handling import (
-        FailureDecision,
-        FailurePolicy,
-    )
-
-    class UserErrorsFailFast(FailurePolicy):
-        """Raise at once when any rank failed with a ``MusicGenError``; else ``default``."""
-
-        def __init__(self, inner):
-            super().__init__(inner.failure_config)
-            self.inner = inner
-
-        def make_decision(self, training_failed_error):
-            failures = getattr(training_failed_error, "worker_failures", None) or {}
-            if any(user_error(error) is not None for error in failures.values()):
-                return FailureDecision.RAISE
-            return self.inner.make_decision(training_failed_error)
-
-    return UserErrorsFailFast(default)
-
-
-def run_settings(tc, storage: str, metric: str, gpus: float = 1, callbacks=()) -> dict:
-    """The ``scaling_config`` and ``run_config`` of a run ``tc`` (``cfg.train`` or
-    ``cfg.codec.train``): its workers, name, storage, checkpoints kept by the lowest
-    ``metric``, restarts and ``callbacks``; what training and codec training share."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-
-    resources = {"CPU": tc.cpus_per_worker, **({"GPU": gpus} if tc.use_gpu else {})}
-    return {
-        "scaling_config": ScalingConfig(
-            num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources
-        ),
-        "run_config": RunConfig(
-            name=tc.name,
-            storage_path=storage,
-            checkpoint_config=CheckpointConfig(
-                num_to_keep=tc.keep_checkpoints,
-                checkpoint_score_attribute=metric,
-                checkpoint_score_order="min",
-            ),
-            failure_config=FailureConfig(max_failures=tc.max_failures),
-            callbacks=list(callbacks),
-        ),
-    }
-
-
 def build_trainer(cfg: Config, plan: Plan, run_id: str | None, callbacks=(), relay=None):
     """The ``TorchTrainer`` of a run named ``cfg.train.name`` stored under ``cfg.train.storage``
     (a user error on any worker fails it at once, only crashes are retried);
@@ -381,7 +301,7 @@ def build_trainer(cfg: Config, plan: Plan, run_id: str | None, callbacks=(), rel
     tc = cfg.train
     config = cfg.model_copy(deep=True)
     config.data.output = plan.data
-    return _fail_fast_trainer_class()(
+    return fail_fast_trainer_class()(
         train_loop_per_worker,
         train_loop_config={
             "cfg": config.model_dump(mode="json"),
@@ -399,40 +319,6 @@ def build_trainer(cfg: Config, plan: Plan, run_id: str | None, callbacks=(), rel
         # Workers share the training split; each reads the validation split whole.
         dataset_config=DataConfig(datasets_to_split=["train"]),
     )
-
-
-def user_error(error: BaseException | None) -> MusicGenError | None:
-    """The ``MusicGenError`` behind a worker's failure (Ray wraps it), if that is what it is."""
-    seen = set()
-    while isinstance(error, BaseException) and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, MusicGenError):
-            return error
-        error = getattr(error, "cause", None) or error.__cause__
-    return None
-
-
-def worker_error(exc: Exception) -> MusicGenError:
-    """Ray's ``TrainingFailedError`` -> one clear line naming the root cause."""
-    failures = getattr(exc, "worker_failures", None) or {}
-    rank, error = min(failures.items()) if failures else (None, None)
-    error = error or getattr(exc, "controller_failure", None) or exc
-    if (found := user_error(error)) is not None:
-        try:
-            return type(found)(*found.args)
-        except TypeError:
-            return MusicGenError(str(found))
-    seen = set()
-    while id(error) not in seen:  # the innermost cause names the problem
-        seen.add(id(error))
-        nested = getattr(error, "cause", None) or error.__cause__
-        if not isinstance(nested, BaseException):
-            break
-        error = nested
-    where = f"worker {rank}" if rank is not None else "the trainer"
-    lines = [line for line in str(error).splitlines() if line.strip()]
-    detail = lines[-1] if lines else type(error).__name__
-    return MusicGenError(f"training failed on {where}: {type(error).__name__}: {detail}")
 
 
 def with_absolute_paths(cfg: Config) -> Config:
