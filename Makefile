@@ -33,14 +33,17 @@ lint: setup
 	$(BIN)/ruff format --check music_gen tests benchmarks
 	$(BIN)/mypy
 
+# The unit tier runs in two processes (its tests share nothing); the integration tier in
+# one, as its tests share one Ray cluster sized for the machine.
 unit: setup
-	$(BIN)/pytest -q -m "not integration" tests/unit
+	$(BIN)/pytest -q -n 2 tests/unit
 
 integration: setup
 	$(BIN)/pytest -q tests/integration
 
 test: lint
-	$(BIN)/pytest -q --durations=20 tests
+	$(BIN)/pytest -q -n 2 tests/unit
+	$(BIN)/pytest -q --durations=20 tests/integration
 
 # Every benchmark in benchmarks/ as one table (some take many minutes); pass flags in
 # BENCH, e.g. make bench BENCH="--only generation,engine --quick".
