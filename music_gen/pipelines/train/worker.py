@@ -138,6 +138,21 @@ def check_model_codec(model, meta: dict) -> None:
         )
 
 
+def local_copy(checkpoint) -> str:
+    """A directory to read ``checkpoint`` from: its own when this node sees it, else a copy
+    of this worker's own (removed once loaded). Not Ray's default copy: that directory is
+    the same for every worker of a node, and the first to finish loading removed it while
+    another still read it (seen in CI: a 2-worker resume lost ``optimizer.pt``)."""
+    import pyarrow.fs
+
+    if (
+        isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem)
+        and Path(checkpoint.path).is_dir()
+    ):
+        return checkpoint.path
+    return checkpoint.to_directory(tempfile.mkdtemp(prefix="music-gen-resume-"))
+
+
 @dataclass
 class Resume:
     """Where the run's latest checkpoint leaves off (step 0 and nothing when starting)."""
@@ -152,7 +167,7 @@ class Resume:
     def read(cls, checkpoint) -> Resume:
         if checkpoint is None:
             return cls()
-        directory = checkpoint.to_directory()
+        directory = local_copy(checkpoint)
         state = checkpoints.read_state(directory)
         position = state.get("data_position") or {}
         return cls(
