@@ -11,7 +11,7 @@ saving and samples), ``trainee.core`` (its LM and conditioner as one module) and
 
 from __future__ import annotations
 
-import shutil
+import contextlib
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -138,36 +138,20 @@ def check_model_codec(model, meta: dict) -> None:
         )
 
 
-def local_copy(checkpoint) -> str:
-    """A directory to read ``checkpoint`` from: its own when this node sees it, else a copy
-    of this worker's own (removed once loaded). Not Ray's default copy: that directory is
-    the same for every worker of a node, and the first to finish loading removed it while
-    another still read it (seen in CI: a 2-worker resume lost ``optimizer.pt``)."""
-    import pyarrow.fs
-
-    if (
-        isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem)
-        and Path(checkpoint.path).is_dir()
-    ):
-        return checkpoint.path
-    return checkpoint.to_directory(tempfile.mkdtemp(prefix="music-gen-resume-"))
-
-
 @dataclass
 class Resume:
     """Where the run's latest checkpoint leaves off (step 0 and nothing when starting)."""
 
-    directory: str | None = None
+    directory: str | None = None  # readable while the worker loads from it
     state: dict | None = None
     step: int = 0
     epoch: int = 0
     batch: int = 0
 
     @classmethod
-    def read(cls, checkpoint) -> Resume:
-        if checkpoint is None:
+    def read(cls, directory: str | None) -> Resume:
+        if directory is None:
             return cls()
-        directory = local_copy(checkpoint)
         state = checkpoints.read_state(directory)
         position = state.get("data_position") or {}
         return cls(
@@ -463,12 +447,16 @@ def train_loop_per_worker(config: dict) -> dict | None:
 
     recorded = ray.train.get_checkpoint()  # [ray] the latest checkpoint Ray registered
     checkpoint = choose_checkpoint(recorded, config.get("run_dir"), world)
-    resume = Resume.read(checkpoint)
-    trainee = build_trainee(
-        cfg, config["codec_source"], config["codec_meta"], resume, device, config.get("chroma")
-    )
-    if resume.directory and resume.directory != checkpoint.path:
-        shutil.rmtree(resume.directory, ignore_errors=True)  # a local copy, loaded now
+    # Ray's as_directory: a local checkpoint in place, a remote one downloaded once per node
+    # and removed when its last reader there is done (``to_directory()`` without a path
+    # shares one directory per node too, and a worker that removed "its" copy removed the
+    # others' while they still read it: seen in CI, a 2-worker resume lost optimizer.pt).
+    reading = checkpoint.as_directory() if checkpoint else contextlib.nullcontext(None)
+    with reading as directory:  # [ray]
+        resume = Resume.read(directory)
+        trainee = build_trainee(
+            cfg, config["codec_source"], config["codec_meta"], resume, device, config.get("chroma")
+        )
     musicgen = trainee.musicgen
     special, frame_rate = musicgen.lm.cfg.special_token, musicgen.frame_rate
 
