@@ -62,10 +62,12 @@ def test_rerun_refuses_changed_model_resumes_more_steps_and_overwrites(
     run_id = re.search(r"mlflow run +(\w+)", first).group(1)
     assert re.search(r"mlflow run +(\w+)", out).group(1) == run_id  # the same MLflow run
 
-    # The same command again: nothing left to train; it says so and reports the last figures.
+    # The same command again: nothing left to train, so no worker starts; it says so and
+    # reports the last figures.
     assert main(args("train.steps=4", "train.checkpoint_every=4")) == 0
     out = capsys.readouterr().out
     assert "already at step 4" in out and "(resumed at step 4), val_loss " in out, out
+    assert "worker(s)" not in out and re.search(r"mlflow run +(\w+)", out).group(1) == run_id
 
     # --overwrite discards the old checkpoints and starts from step 0 with the new model.
     assert main(args("train.steps=2", "train.checkpoint_every=2", "model.dim=64",

@@ -407,6 +407,59 @@ def _prune_unregistered(result, storage: str, name: str, keep: str) -> None:
             shutil.rmtree(entry, ignore_errors=True)
 
 
+def _fit(cfg: Config, plan, run_id: str, callbacks, uri: str | None):
+    """Ray Train's run of the training loop; Ctrl-C and failures end the MLflow run."""
+    from ray.train import TrainingFailedError
+
+    from music_gen.platform import cluster, tracking
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    sigint = signal.getsignal(signal.SIGINT) if main_thread else None
+    trainer = None
+    try:
+        with cluster.LineRelay() as relay:
+            trainer = build_trainer(cfg, plan, run_id, callbacks, relay.actor)
+            return trainer.fit()
+    except TrainingFailedError as exc:
+        tracking.end_run(uri, run_id, "KILLED" if trainer.interrupted else "FAILED")
+        if trainer.interrupted:
+            raise interrupted_error(cfg, plan.storage) from None
+        raise worker_error(exc) from None
+    except BaseException:
+        tracking.end_run(uri, run_id, "KILLED")
+        if trainer is not None and trainer.interrupted:
+            raise interrupted_error(cfg, plan.storage) from None
+        raise
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, sigint)  # Ray leaves its handler installed
+
+
+def _finished_run(cfg: Config, storage: str):
+    """``(summary, latest, best)`` of a re-run whose run already reached ``train.steps``
+    (its newest complete checkpoint is there): nothing to train, so no Ray Train run, only
+    the figures saved with its checkpoints. None when there is something to train."""
+    directory = resume.run_dir(storage, cfg.train.name)
+    found = checkpoints.complete_checkpoints(directory) if directory else []
+    if not found or found[-1][0] < cfg.train.steps:
+        return None
+    step, latest = found[-1]
+    losses = {}
+    for _, path in found:
+        value = (checkpoints.read_state(path).get("metrics") or {}).get(VAL_METRIC)
+        if value is not None:
+            losses[path] = value
+    best = min(losses, key=losses.get) if losses else latest
+    summary = {
+        "start_step": step,
+        "end_step": step,
+        "val_loss": losses.get(latest),
+        "tokens_per_s": None,
+        "world_size": 0,
+    }
+    return summary, str(latest), str(best)
+
+
 def train(
     cfg: Config, *, callbacks=(), parent_run_id: str | None = None, overwrite: bool = False
 ) -> dict:
@@ -426,51 +479,37 @@ def train(
     ``tracking_uri``, ``model_uri``, ``run_uri`` and, with ``train.register_as``,
     ``registered``.
     """
-    from ray.train import TrainingFailedError
-
     from music_gen.platform import cluster, tracking
 
     cfg = with_absolute_paths(cfg)
     plan = plan_run(cfg)
     if resume.check_rerun(cfg, plan.storage, overwrite):
         _retire_tracking_run(cfg, plan.storage)
-    cluster.ensure_ray()
     tc = cfg.train
-    cluster.check_resources(tc.num_workers, tc.cpus_per_worker, tc.use_gpu, tc.gpus_per_worker)
     uri = _tracking_uri(cfg)
+    finished = None if callbacks else _finished_run(cfg, plan.storage)
+    if finished is None:
+        cluster.ensure_ray()
+        cluster.check_resources(tc.num_workers, tc.cpus_per_worker, tc.use_gpu, tc.gpus_per_worker)
     run_id = tracking.start_run(cfg, plan.storage, parent_run_id)
-    main_thread = threading.current_thread() is threading.main_thread()
-    sigint = signal.getsignal(signal.SIGINT) if main_thread else None
-    trainer = None
-    try:
-        with cluster.LineRelay() as relay:
-            trainer = build_trainer(cfg, plan, run_id, callbacks, relay.actor)
-            result = trainer.fit()
-    except TrainingFailedError as exc:
-        tracking.end_run(uri, run_id, "KILLED" if trainer.interrupted else "FAILED")
-        if trainer.interrupted:
-            raise interrupted_error(cfg, plan.storage) from None
-        raise worker_error(exc) from None
-    except BaseException:
-        tracking.end_run(uri, run_id, "KILLED")
-        if trainer is not None and trainer.interrupted:
-            raise interrupted_error(cfg, plan.storage) from None
-        raise
-    finally:
-        if main_thread:
-            signal.signal(signal.SIGINT, sigint)  # Ray leaves its handler installed
-    summary = dict(result.return_value or {})
-    latest, best = _final_checkpoint(result, plan.storage, tc.name)
-    if latest is None:
-        tracking.end_run(uri, run_id, "FAILED")
-        raise MusicGenError("training finished without a checkpoint")
-    rays = result.checkpoint is not None and result.checkpoint.path == latest
-    local = result.checkpoint.as_directory() if rays else contextlib.nullcontext(latest)
+    if finished is not None:
+        summary, latest, best = finished
+        print(f"[train] already at step {summary['end_step']}: raise train.steps to train further")
+        local = contextlib.nullcontext(latest)
+    else:
+        result = _fit(cfg, plan, run_id, callbacks, uri)
+        summary = dict(result.return_value or {})
+        latest, best = _final_checkpoint(result, plan.storage, tc.name)
+        if latest is None:
+            tracking.end_run(uri, run_id, "FAILED")
+            raise MusicGenError("training finished without a checkpoint")
+        _prune_unregistered(result, plan.storage, tc.name, keep=latest)
+        rays = result.checkpoint is not None and result.checkpoint.path == latest
+        local = result.checkpoint.as_directory() if rays else contextlib.nullcontext(latest)
     with local as ckpt, tempfile.TemporaryDirectory() as tmp:
         model_dir = checkpoints.export_model(Path(ckpt), Path(tmp) / "model")
         logged = tracking.log_model(uri, run_id, model_dir, cfg.train.register_as)
     tracking.end_run(uri, run_id, "FINISHED")
-    _prune_unregistered(result, plan.storage, tc.name, keep=latest)
     summary.update(
         checkpoint=latest,
         best_checkpoint=best,
