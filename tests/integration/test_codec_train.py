@@ -1,5 +1,6 @@
 """`music-gen codec train` on the session's local Ray cluster: 2 workers (DDP on CPU),
-a tiny codec, a few steps; then resume by name. One run costs tens of seconds here."""
+a tiny codec, a few steps; then resume by name, adversarially, and on one worker. One run
+costs tens of seconds here, so one test runs them all."""
 
 from pathlib import Path
 
@@ -24,7 +25,7 @@ TINY = [
 ]  # fmt: skip
 
 
-def test_two_workers_train_resume_and_save_a_loadable_codec(
+def test_two_workers_train_then_resume_adversarially_on_one_and_save_a_loadable_codec(
     ray_cluster, tmp_path, monkeypatch, capsys
 ):
     monkeypatch.setenv("MUSIC_GEN_WORK_DIR", str(tmp_path / "work"))
@@ -58,39 +59,20 @@ def test_two_workers_train_resume_and_save_a_loadable_codec(
     codes = codec.encode(torch.randn(1, 1, 4000) * 0.1)  # [1, 2, 13]
     assert codes.shape == (1, 2, 13) and codec.decode(codes).shape == (1, 1, 4160)
 
-    # The resumed part trains adversarially: a discriminator, DDP-wrapped on the 2 workers,
-    # starts fresh beside a codec whose checkpoint has none.
-    adversarial = ["codec.train.adversarial=true", "codec.train.adversarial_start_step=0",
-                   "codec.train.discriminator_filters=4"]  # fmt: skip
-    again = load_config(
-        overrides=[
-            *settings,
-            *adversarial,
-            "codec.train.steps=12",
-            "codec.train.checkpoint_every=10",
-        ]
-    )
-    resumed = train_codec(again, str(tmp_path / "audio"), str(tmp_path / "codec"))
-    assert (resumed["start_step"], resumed["end_step"]) == (10, 12)
+    # The resumed part trains adversarially from step 12: a discriminator, DDP-wrapped on
+    # the 2 workers, starts fresh beside a codec whose checkpoint has none.
+    adversarial = [
+        *settings, "codec.train.adversarial=true", "codec.train.adversarial_start_step=12",
+        "codec.train.discriminator_filters=4", "codec.train.checkpoint_every=14",
+    ]  # fmt: skip
+    resumed = train_codec(
+        load_config(overrides=[*adversarial, "codec.train.steps=14"]),
+        str(tmp_path / "audio"), str(tmp_path / "codec"),
+    )  # fmt: skip
+    assert (resumed["start_step"], resumed["end_step"]) == (10, 14)
     assert resumed["run_id"] == first["run_id"]  # the same MLflow run goes on
     assert "none in the checkpoint: a fresh one" in capsys.readouterr().out
-
-
-def test_adversarial_run_on_one_worker_resumes_with_its_discriminator(
-    ray_cluster, tmp_path, monkeypatch, capsys
-):
-    monkeypatch.setenv("MUSIC_GEN_WORK_DIR", str(tmp_path / "work"))
-    write_synth_dataset(tmp_path / "audio", 4, 1.0, classes=("sine_pad", "saw_bass"))
-    settings = [
-        *TINY, "codec.train.num_workers=1", f"codec.train.storage={tmp_path / 'runs'}",
-        "codec.train.name=adv", "codec.train.adversarial=true",
-        "codec.train.discriminator_filters=4", "codec.train.adversarial_start_step=2",
-        "codec.train.checkpoint_every=4",
-    ]  # fmt: skip
-    cfg = load_config(overrides=[*settings, "codec.train.steps=4"])
-    first = train_codec(cfg, str(tmp_path / "audio"), str(tmp_path / "codec"))
-    assert (first["start_step"], first["end_step"], first["world_size"]) == (0, 4, 1)
-    train_state = Path(first["checkpoint"]) / "train_state"
+    train_state = Path(resumed["checkpoint"]) / "train_state"
     assert (train_state / "discriminator.safetensors").is_file()
     assert sorted(p.name for p in (tmp_path / "codec").iterdir()) == [
         "codec.json",
@@ -98,15 +80,16 @@ def test_adversarial_run_on_one_worker_resumes_with_its_discriminator(
     ]  # the discriminator stays in the checkpoint
     load_codec(tmp_path / "codec")
 
-    resumed = train_codec(
-        load_config(overrides=[*settings, "codec.train.steps=6"]),
+    # One worker (no DDP) goes on with the discriminator the checkpoint saved.
+    last = train_codec(
+        load_config(overrides=[*adversarial, "codec.train.steps=16", "codec.train.num_workers=1"]),
         str(tmp_path / "audio"), str(tmp_path / "codec"),
     )  # fmt: skip
-    assert (resumed["start_step"], resumed["end_step"]) == (4, 6)
-    assert "fresh one" not in capsys.readouterr().out  # its discriminator came back
-    client = tracking.client(first["tracking_uri"])
+    assert (last["start_step"], last["end_step"], last["world_size"]) == (14, 16, 1)
+    out = capsys.readouterr().out
+    assert "adversarial from step 12" in out and "fresh one" not in out, out
     for name in ("train_d_loss", "train_g_adv", "train_feature"):
         history = client.get_metric_history(first["run_id"], name)
-        # Windows of 2 steps: the one ending at step 2 is before the discriminator starts.
-        assert sorted(m.step for m in history) == [4, 6], name
+        # Windows of 2 steps: the one ending at step 12 is before the discriminator starts.
+        assert sorted(m.step for m in history) == [14, 16], name
         assert all(m.value >= 0 for m in history)
