@@ -339,7 +339,7 @@ def melody_adherence(
     Each row's own audio (its codes decoded by the model's codec, ``duration`` long) is
     the melody of a generation prompted with the row's caption; the score is the chroma
     cosine between melody and output (``melody.chroma_cosine``, audiocraft's measure).
-    ``mismatched`` pairs each output with another row's melody: the level a model that
+    ``mismatched`` pairs each output with every other row's melody: the level a model that
     ignored its melody would get (one-hot chroma of unrelated tunes: about 1/12).
     """
     if len(rows) < 2:
@@ -368,20 +368,22 @@ def melody_adherence(
 
 def melody_scores(melodies, outputs, sample_rate: int, settings) -> dict:
     """Mean chroma cosine of each output ``[C, S]`` with its melody ``[C, S]``, and with
-    the next row's melody (``mismatched``: what ignoring the melody would score)."""
+    every other row's melody (``mismatched``: what ignoring the melody would score; the
+    mean over all other rows, not one, so that two tunes that happen to share their
+    chords do not sway it)."""
     from music_gen.models.melody import chroma_cosine, clip_chroma
 
     wanted = [clip_chroma(m, sample_rate, settings) for m in melodies]  # [T, 12] each
     got = [clip_chroma(o, sample_rate, settings) for o in outputs]
-    others = wanted[1:] + wanted[:1]
 
     def mean_cosine(pairs) -> float:
         values = [float(chroma_cosine(a[None], b[None])) for a, b in pairs]
         return sum(values) / len(values)
 
+    others = [(w, g) for i, w in enumerate(wanted) for j, g in enumerate(got) if i != j]
     return {
         "chroma_cosine": mean_cosine(zip(wanted, got, strict=True)),
-        "mismatched_chroma_cosine": mean_cosine(zip(others, got, strict=True)),
+        "mismatched_chroma_cosine": mean_cosine(others),
     }
 
 

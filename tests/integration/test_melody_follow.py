@@ -6,7 +6,7 @@ alone. Pitch has to survive decoding, so a small codec is trained first (a short
 configs/codec/offline.yaml's recipe); then Ray Data tokenizes the clips with their chroma,
 a small ``model.melody=true`` model trains on them, and each clip training held out is the
 melody of a generation. The outputs' chroma must match their own melody far better than
-another clip's melody (what a model deaf to its melody scores: about 1/12).
+the other clips' melodies (what a model deaf to its melody scores: about 1/12).
 """
 
 import os
@@ -30,9 +30,12 @@ OFFLINE_CODEC = Path(__file__).parents[2] / "configs" / "codec" / "offline.yaml"
 # Reflection padding, as when this test was tuned: with the offline config's zero padding
 # the short codec followed pitch less well (chroma 0.21 against 0.07 mismatched, where
 # reflection gave 0.30 against 0.05; one run each) and one CI run fell under the 2x bar.
+# Batches of 8 segments, not the config's 16: a third less time (113 s -> 78 s) for the same
+# held-out SI-SNR (9.6 and 9.3 dB, one run each).
 CODEC = [
     "codec.train.steps=120", "codec.train.unquantized_steps=50", "codec.train.num_filters=8",
     "codec.train.checkpoint_every=120", "codec.train.log_every=60", "codec.train.pad_mode=reflect",
+    "codec.train.batch_size=8",
 ]  # fmt: skip
 MODEL = [
     "model.dim=64", "model.num_layers=2", "model.num_heads=4", "model.max_frames=100",

@@ -161,3 +161,14 @@ def test_melody_scores_tell_following_a_melody_from_ignoring_it():
     ]
     ignored = melody_scores(tunes, noise, 16_000, SETTINGS)
     assert ignored["chroma_cosine"] < followed["chroma_cosine"] - 0.3
+
+
+def test_mismatched_score_averages_every_other_melody():
+    from music_gen.pipelines.evaluate import melody_scores
+
+    # Two of four tunes are the same: paired with the next row alone, one output in four
+    # would meet its twin (0.25); over every other row it is two pairs in twelve.
+    names = (["C", "E"], ["C", "E"], ["G", "A"], ["B", "G"])
+    tunes = [_tune(n, 0.5, 16_000)[None] for n in names]
+    scores = melody_scores(tunes, tunes, 16_000, SETTINGS)
+    assert scores["mismatched_chroma_cosine"] == pytest.approx(2 / 12, abs=0.03)
