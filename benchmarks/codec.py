@@ -9,7 +9,7 @@ mel distance of the reconstructions, and whether the reconstructions still sound
 their class (the log-mel classifier of ``evaluate``'s audio adherence, fitted on real
 clips). Prints one JSON line::
 
-    python benchmarks/codec.py                 # about 8 minutes on 2 cores
+    python benchmarks/codec.py                 # about 5 minutes on 2 cores
     python benchmarks/codec.py --steps 100 --clips 32   # a quick look
     python benchmarks/codec.py --adversarial --set codec.train.adversarial_start_step=50
 """
