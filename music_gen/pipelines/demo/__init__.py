@@ -6,8 +6,8 @@ Each stage calls the platform's own API, the one its command calls:
 stage  name        what runs (the command that does the same)
 =====  ==========  ==================================================================
 1      synth       captioned synthetic music (``data synth``)
-2      codec       k-means calibration (``codec calibrate``), or with ``codec="train"``
-                   an EnCodec codec trained with Ray Train (``codec train``)
+2      codec       an EnCodec codec trained with Ray Train (``codec train``), or, the
+                   default of the quick sizes, k-means calibration (``codec calibrate``)
 3      tokenize    the audio to Parquet shards of codes with Ray Data (``data tokenize``)
 4      train       a small language model with Ray Train and MLflow (``train``)
 5      tune        a 2-trial Ray Tune sweep fine-tuning it over the learning rate (``tune``)

@@ -52,14 +52,14 @@ def codec_stage(demo: Demo, bar) -> dict:
     from music_gen.pipelines.codec.driver import train_codec
 
     demo.ensure_ray()
-    # configs/codec/offline.yaml's codec and losses, for fewer steps on one worker.
+    # configs/codec/offline.yaml's codec, losses and workers, for the demo's steps.
     cfg = config(
         demo, *overrides, f"codec.train.steps={s.codec_steps}", "codec.train.lr=3.0e-3",
         "codec.train.num_filters=12", "codec.train.pad_mode=constant",
         f"codec.train.batch_size={s.codec_batch}", "codec.train.segment_seconds=0.5",
         "codec.train.si_snr_weight=4.0", "codec.train.warmup_steps=20",
         f"codec.train.unquantized_steps={s.codec_steps // 5}",
-        "codec.train.num_workers=1", f"codec.train.cpus_per_worker={WORKER_CPUS}",
+        "codec.train.num_workers=2", "codec.train.cpus_per_worker=0.9",
         f"codec.train.torch_threads={THREADS}",
         f"codec.train.log_every={max(1, s.codec_steps // 20)}",
         f"codec.train.checkpoint_every={s.codec_steps}", "codec.train.keep_checkpoints=1",

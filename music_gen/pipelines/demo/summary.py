@@ -88,8 +88,8 @@ def summarize(demo: Demo, seconds: float) -> dict:
     else:
         lines.append(
             "  codec      k-means calibration, not training (--codec train trains one, for "
-            "minutes more: configs/codec/offline.yaml's 700 steps reach 4 to 8 dB SI-SNR in 6 "
-            "to 8 minutes on 2 cores, benchmarks/codec.py). "
+            "minutes more: configs/codec/offline.yaml's 700 steps take about 4 minutes on 2 "
+            "cores and reach about 5 dB SI-SNR, benchmarks/codec.py). "
             "Its decoder is random, so the audio is noise-like and by-ear figures sit at "
             "chance: judge the model by its loss and its adherence in codes"
         )
