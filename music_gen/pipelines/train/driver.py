@@ -23,7 +23,7 @@ from music_gen.models import formats
 from music_gen.pipelines import checkpoints, shards
 from music_gen.pipelines.train import resume
 from music_gen.pipelines.train.step import columns_for
-from music_gen.pipelines.train.worker import VAL_METRIC, train_loop_per_worker
+from music_gen.pipelines.train.worker import VAL_METRIC, finished_line, train_loop_per_worker
 from music_gen.platform.trainer import fail_fast_trainer_class, run_settings, worker_error
 
 
@@ -494,7 +494,7 @@ def train(
     run_id = tracking.start_run(cfg, plan.storage, parent_run_id)
     if finished is not None:
         summary, latest, best = finished
-        print(f"[train] already at step {summary['end_step']}: raise train.steps to train further")
+        print(finished_line(summary["end_step"]))
         local = contextlib.nullcontext(latest)
     else:
         result = _fit(cfg, plan, run_id, callbacks, uri)

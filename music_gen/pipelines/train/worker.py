@@ -49,6 +49,11 @@ WARM_STEPS = 5
 """Steps left out of a run's overall throughput (first batches, allocator warm-up)."""
 
 
+def finished_line(step: int) -> str:
+    """What a re-run of a run that already reached ``train.steps`` says (driver or worker)."""
+    return f"[train] already at step {step}: raise train.steps to train further"
+
+
 # -- setup ------------------------------------------------------------------------------
 
 
@@ -487,7 +492,7 @@ def train_loop_per_worker(config: dict) -> dict | None:
         )
     if resume.step >= tc.steps:  # a finished run re-run: nothing to train, its last figures
         last_val = ((resume.state or {}).get("metrics") or {}).get(VAL_METRIC)
-        say(f"[train] already at step {resume.step}: raise train.steps to train further")
+        say(finished_line(resume.step))
 
     for step in range(resume.step, tc.steps):
         started = time.perf_counter()
